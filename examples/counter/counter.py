@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""A counting payload: the smallest persistent job.
+
+Its whole state is ``counter.json`` in the working directory (the
+checkpoint directory).  Each step adds one and rewrites the file atomically.
+It prints the run number, the generation it was restored from and its
+progress, so a resume is visible.  Standard library only.
+
+Modes of the wrapper it supports:
+  freeze     nothing to do: the wrapper stops and resumes it
+  signal     on SIGUSR1 it saves, creates $PERSISTJOB_CHECKPOINT_MARKER and
+             waits until the wrapper removes it
+  exit-code  with --exit-every N it exits 85 after N steps (state saved)
+
+Options: --step SECONDS (0.2), --exit-every N, --finish-at COUNT (exit 0),
+--crash (exit 3 at once), --quiet.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+STATE = "counter.json"
+
+
+def load():
+    try:
+        with open(STATE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {"count": 0, "runs": []}
+
+
+def save(state):
+    tmp = STATE + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, STATE)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--step", type=float, default=0.2)
+    p.add_argument("--exit-every", type=int, default=0)
+    p.add_argument("--finish-at", type=int, default=0)
+    p.add_argument("--crash", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args()
+
+    run = os.environ.get("PERSISTJOB_RUN", "?")
+    gen = os.environ.get("PERSISTJOB_GENERATION", "?")
+    if a.crash:
+        print("counter: run %s crashing on purpose" % run, flush=True)
+        sys.exit(3)
+    state = load()
+    state["runs"].append(int(run) if run.isdigit() else run)
+    print("counter: run %s, restored generation %s, resuming at count %d" % (run, gen, state["count"]), flush=True)
+
+    def on_checkpoint(signum, frame):
+        save(state)
+        marker = os.environ.get("PERSISTJOB_CHECKPOINT_MARKER")
+        if marker:
+            with open(marker, "w"):
+                pass
+            while os.path.exists(marker):
+                time.sleep(0.01)
+
+    def on_term(signum, frame):
+        save(state)
+        sys.exit(85 if a.exit_every else 0)
+
+    signal.signal(signal.SIGUSR1, on_checkpoint)
+    signal.signal(signal.SIGTERM, on_term)
+    steps = 0
+    last_print = time.monotonic()
+    while True:
+        time.sleep(a.step)
+        state["count"] += 1
+        steps += 1
+        save(state)
+        if not a.quiet and time.monotonic() - last_print >= 1.0:
+            print("counter: run %s, count %d" % (run, state["count"]), flush=True)
+            last_print = time.monotonic()
+        if a.finish_at and state["count"] >= a.finish_at:
+            print("counter: reached %d, done" % state["count"], flush=True)
+            return 0
+        if a.exit_every and steps >= a.exit_every:
+            return 85
+
+
+if __name__ == "__main__":
+    sys.exit(main())

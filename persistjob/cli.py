@@ -1,0 +1,422 @@
+"""The ``persistjob`` command: a thin layer over the library.
+
+Every expected failure prints one line ``persistjob: error: ...`` and exits
+with the code of its error class (78 for bad input, 75 for try-later);
+``PERSISTJOB_DEBUG=1`` adds tracebacks for unexpected ones.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from . import constants as C
+from .errors import ConfigError, IntegrityError, ObjectNotFound, PersistJobError, UnsafeManifest
+from .identity import check_job_id, parse_duration, parse_size
+
+log = logging.getLogger("persistjob")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> "None":  # type: ignore[override]
+        raise ConfigError("%s: %s (see %s --help)" % (self.prog, message, self.prog))
+
+
+def _duration(text: str) -> float:
+    return parse_duration(text)
+
+
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
+def _signal(text: str) -> int:
+    import signal
+
+    name = text.upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(signal, name))
+    except AttributeError:
+        raise ConfigError("unknown signal %r" % text) from None
+
+
+def add_run_options(p: argparse.ArgumentParser, with_job_id: bool = True) -> None:
+    g = p.add_argument_group("run options")
+    g.add_argument("--store", required=True, metavar="URL", help="file:///path or s3://bucket/prefix[?endpoint=...]")
+    if with_job_id:
+        g.add_argument("--job-id", help="default: GlobalJobId from $_CONDOR_JOB_AD, else $PERSISTJOB_JOB_ID")
+    g.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="payload state and working directory "
+                   "(default: ./persistjob-checkpoint; replaced on restore)")
+    g.add_argument("--interval", type=_duration, default=C.DEFAULT_INTERVAL, help="checkpoint interval (default 1h)")
+    g.add_argument("--lifetime", type=_duration, default=C.DEFAULT_LIFETIME, help="run length before exiting 85 (default 12h)")
+    g.add_argument("--mode", choices=("freeze", "signal", "exit-code"), default="freeze",
+                   help="how the payload state is made consistent (default freeze)")
+    g.add_argument("--vacate-grace", type=_duration, default=C.DEFAULT_VACATE_GRACE,
+                   help="time allowed for the final checkpoint after SIGTERM (default 60s)")
+    g.add_argument("--keep", type=int, default=C.DEFAULT_KEEP, help="generations retained (default 3)")
+    g.add_argument("--crash-limit", type=int, default=C.DEFAULT_CRASH_LIMIT,
+                   help="consecutive failed runs without a commit before exit 79 (default 3)")
+    g.add_argument("--storage-timeout", type=_duration, default=C.DEFAULT_STORAGE_TIMEOUT,
+                   help="retry budget of one storage operation (default 5m)")
+    g.add_argument("--chunk-size", type=_size, default=C.DEFAULT_CHUNK_SIZE, help="chunk size (default 1M)")
+    g.add_argument("--checkpoint-signal", type=_signal, default=None, help="signal mode: signal sent (default USR1)")
+    g.add_argument("--marker-timeout", type=_duration, default=600.0, help="signal mode: wait for the marker (default 10m)")
+    g.add_argument("--lease-check", type=_duration, default=60.0, help="how often to check for a newer owner (default 60s)")
+    g.add_argument("--gc-grace", type=_duration, default=3600.0, help="spare unreferenced objects younger than this (default 1h)")
+
+
+def _run_options(a: argparse.Namespace, payload: Sequence[str]) -> Any:
+    from .wrapper import RunOptions
+
+    kw: Dict[str, Any] = dict(
+        store=a.store, payload=tuple(payload), job_id=getattr(a, "job_id", None),
+        checkpoint_dir=a.checkpoint_dir or "persistjob-checkpoint", interval=a.interval, lifetime=a.lifetime,
+        mode=a.mode, vacate_grace=a.vacate_grace, keep=a.keep, crash_limit=a.crash_limit,
+        storage_timeout=a.storage_timeout, chunk_size=a.chunk_size, marker_timeout=a.marker_timeout,
+        lease_check=a.lease_check, gc_grace=a.gc_grace,
+    )
+    if a.checkpoint_signal is not None:
+        kw["checkpoint_signal"] = a.checkpoint_signal
+    return RunOptions(**kw)
+
+
+def _forwarded_run_args(argv: Sequence[str]) -> List[str]:
+    """The run options of a ``local`` command line, minus local's own."""
+    out: List[str] = []
+    skip = {"--max-runs", "--name", "--retry-delay", "--checkpoint-dir"}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg.split("=", 1)[0]
+        if key in skip:
+            i += 1 if "=" in arg else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .wrapper import Wrapper
+
+    return Wrapper(_run_options(a, a.payload)).run()
+
+
+def cmd_local(a: argparse.Namespace) -> int:
+    from .local import run_local
+
+    opts = _run_options(a, a.payload)  # validate everything before the first run
+    from .wrapper import resolve_payload
+
+    resolve_payload(opts.payload[0])
+    from .storage import get_backend
+
+    get_backend(opts.store).close()
+    if a.max_runs < 1:
+        raise ConfigError("--max-runs must be at least 1")
+    name = a.name or os.path.basename(a.payload[0])
+    check_job_id("local#" + name)
+    return run_local(_forwarded_run_args(a.run_argv), a.payload, name=name, max_runs=a.max_runs,
+                     checkpoint_dir=os.path.abspath(a.checkpoint_dir) if a.checkpoint_dir else None,
+                     retry_delay=a.retry_delay)
+
+
+def _demo_payload() -> List[str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for base in (os.getcwd(), os.path.dirname(here)):
+        path = os.path.join(base, "examples", "counter", "counter.py")
+        if os.path.isfile(path):
+            return [sys.executable, path]
+    raise ConfigError("examples/counter/counter.py not found: run the demo from the persistjob source tree")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .local import run_local
+
+    store = a.store or "file://" + os.path.abspath(".persistjob-demo/store")
+    payload = _demo_payload()
+    print("demo: a counting payload as a persistent job: %d runs of %s each, checkpoint every %s, store %s"
+          % (a.runs, a.lifetime, a.interval, store), file=sys.stderr)
+    return run_local(["--store", store, "--lifetime", a.lifetime, "--interval", a.interval, "--vacate-grace", "10s"],
+                     payload, name=a.name, max_runs=a.runs)
+
+
+def _job(a: argparse.Namespace) -> Tuple[Any, Any]:
+    from .checkpoint import JobLog
+    from .storage import RetryingBackend, get_backend
+
+    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
+    return store, JobLog(store, check_job_id(a.job_id))
+
+
+def _when(t: Optional[float]) -> str:
+    if not t:
+        return "-"
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _commits(joblog: Any) -> List[Any]:
+    return [r for r in joblog.records() if r.kind == "commit"]
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    from .wrapper import _fmt_bytes
+
+    _store, joblog = _job(a)
+    head = joblog.head()
+    retained = {m for _, m in head.retained}
+    rows = _commits(joblog)
+    if a.json:
+        print(json.dumps({"job_id": a.job_id, "key": joblog.key, "runs": head.run, "generation": head.generation,
+                          "last_record": head.kind, "generations": [
+                              dict(generation=r.generation, manifest=r.manifest, run=r.data.get("run"), time=r.data.get("time"),
+                                   files=r.data.get("files"), bytes=r.data.get("bytes"), uploaded=r.data.get("uploaded"),
+                                   retained=r.manifest in retained) for r in rows]}, indent=1))
+        return 0
+    print("job %s (key %s): %d runs, newest generation %d, last record: %s" % (a.job_id, joblog.key[:12], head.run,
+                                                                             head.generation, head.kind))
+    if not rows:
+        print("no generations committed")
+        return 0
+    print("%5s  %-19s  %4s  %6s  %10s  %10s  %-12s  %s" % ("GEN", "TIME (UTC)", "RUN", "FILES", "SIZE", "UPLOADED",
+                                                             "MANIFEST", "RETAINED"))
+    for r in rows:
+        print("%5d  %-19s  %4s  %6s  %10s  %10s  %-12s  %s" % (
+            r.generation, _when(r.data.get("time")), r.data.get("run", "-"), r.data.get("files", "-"),
+            _fmt_bytes(r.data.get("bytes", 0)), _fmt_bytes(r.data.get("uploaded", 0)), (r.manifest or "")[:12],
+            "yes" if r.manifest in retained else "no"))
+    return 0
+
+
+def _pick(joblog: Any, generation: Optional[int]) -> Tuple[int, str]:
+    head = joblog.head()
+    if generation is None:
+        if not head.manifest:
+            raise ConfigError("job %s has no committed generation" % joblog.job_id)
+        return head.generation, head.manifest
+    for r in _commits(joblog):
+        if r.generation == generation:
+            return r.generation, r.manifest
+    raise ConfigError("job %s has no generation %d" % (joblog.job_id, generation))
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .checkpoint import decode_manifest
+
+    store, joblog = _job(a)
+    gen, mid = _pick(joblog, a.generation)
+    try:
+        entries, meta = decode_manifest(store.get(joblog.prefix + "manifests/" + mid), mid)
+    except ObjectNotFound:
+        raise ConfigError("manifest %s of generation %d was garbage-collected" % (mid[:12], gen)) from None
+    if a.json:
+        print(json.dumps({"generation": gen, "manifest": mid, "meta": meta, "entries": [e.to_json() for e in entries]}, indent=1))
+        return 0
+    print("generation %d, manifest %s, created %s" % (gen, mid, _when(meta.get("created"))))
+    for e in entries:
+        extra = (" -> " + e.target) if e.type == "l" else ("  %d chunks" % len(e.chunks) if e.type == "f" else "")
+        print("%s %04o %12d  %s%s" % (e.type, e.mode, e.size, e.path, extra))
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from .checkpoint import Stats, decode_chunk, decode_manifest
+
+    store, joblog = _job(a)
+    head = joblog.head()
+    targets = [_pick(joblog, a.generation)] if a.generation is not None else list(head.retained)
+    if not targets:
+        print("job %s has no committed generation" % a.job_id)
+        return 0
+    bad = 0
+    for gen, mid in targets:
+        stats = Stats()
+        try:
+            entries, _ = decode_manifest(store.get(joblog.prefix + "manifests/" + mid), mid)
+            seen = set()
+            for e in entries:
+                for digest, n in e.chunks:
+                    if digest in seen:
+                        continue
+                    seen.add(digest)
+                    try:
+                        blob = store.get(joblog.prefix + "chunks/" + digest)
+                    except ObjectNotFound:
+                        raise IntegrityError("chunk %s is missing" % digest[:12]) from None
+                    decode_chunk(blob, digest, n)
+                    stats.add(transferred=len(blob), chunks_new=1)
+            print("generation %d: ok (%d files, %d chunks, %d bytes stored)" % (
+                gen, sum(1 for e in entries if e.type == "f"), stats.chunks_new, stats.transferred))
+        except (IntegrityError, UnsafeManifest, ObjectNotFound) as exc:
+            bad += 1
+            print("generation %d: DAMAGED: %s" % (gen, exc))
+    return 1 if bad else 0
+
+
+def cmd_restore(a: argparse.Namespace) -> int:
+    from .checkpoint import Checkpointer
+
+    store, joblog = _job(a)
+    dest = os.path.abspath(a.dest)
+    if os.path.exists(dest) and os.listdir(dest) and not a.force:
+        raise ConfigError("destination %s is not empty (use --force to replace its content)" % dest)
+    gen, mid = _pick(joblog, a.generation)
+    ckpt = Checkpointer(store, joblog.prefix, dest)
+    try:
+        stats = ckpt.restore(mid)
+    except IntegrityError as exc:
+        raise IntegrityError("generation %d cannot be restored: %s" % (gen, exc)) from None
+    finally:
+        ckpt.close()
+    print("restored generation %d into %s (%d files, %d bytes)" % (gen, dest, stats.files, stats.bytes))
+    return 0
+
+
+def cmd_gc(a: argparse.Namespace) -> int:
+    from .checkpoint import collect_garbage
+
+    store, joblog = _job(a)
+    head = joblog.head()
+    if not head.retained:
+        print("job %s has no committed generation; nothing to collect" % a.job_id)
+        return 0
+    stats = collect_garbage(store, joblog.prefix, head.retained, grace=a.grace)
+    print("deleted %d manifests and %d chunks (%d bytes); kept generations %s" % (
+        stats["manifests"], stats["chunks"], stats["bytes"], ", ".join(str(g) for g, _ in head.retained)))
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="persistjob", description="Persistent jobs on batch and grid schedulers.")
+    p.add_argument("--version", action="version", version="persistjob " + __version__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    r = sub.add_parser("run", help="the worker-node wrapper", description="Run one lifetime of a persistent job.")
+    add_run_options(r)
+    r.add_argument("payload", nargs="*", help="-- PAYLOAD ARGS...")
+    r.set_defaults(func=cmd_run)
+
+    lo = sub.add_parser("local", help="re-run a job locally as a scheduler would",
+                        description="The embedded scheduler: re-runs 'persistjob run' with job ID local#NAME.")
+    add_run_options(lo, with_job_id=False)
+    lo.add_argument("--max-runs", type=int, required=True)
+    lo.add_argument("--name", help="job name (default: payload's base name)")
+    lo.add_argument("--retry-delay", type=_duration, default=1.0, help="first delay after 75 or 1 (default 1s)")
+    lo.add_argument("payload", nargs="*")
+    lo.set_defaults(func=cmd_local)
+
+    d = sub.add_parser("demo", help="run the counting demo job locally")
+    d.add_argument("--store", default=None, help="default: file://$PWD/.persistjob-demo/store")
+    d.add_argument("--runs", type=int, default=3)
+    d.add_argument("--lifetime", default="4s")
+    d.add_argument("--interval", default="1.5s")
+    d.add_argument("--name", default="demo")
+    d.set_defaults(func=cmd_demo)
+
+    ck = sub.add_parser("checkpoint", help="inspect and manage stored checkpoints")
+    cks = ck.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    cks.required = True
+
+    def job_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--store", required=True, metavar="URL")
+        sp.add_argument("--job-id", required=True)
+        sp.add_argument("--storage-timeout", type=_duration, default=60.0)
+
+    x = cks.add_parser("ls", help="list generations with sizes and times")
+    job_args(x)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_ls)
+    x = cks.add_parser("show", help="show a generation's manifest")
+    job_args(x)
+    x.add_argument("--generation", type=int)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(func=cmd_show)
+    x = cks.add_parser("verify", help="verify every chunk of the retained generations (exit 1 if damaged)")
+    job_args(x)
+    x.add_argument("--generation", type=int)
+    x.set_defaults(func=cmd_verify)
+    x = cks.add_parser("restore", help="restore a generation into a directory")
+    job_args(x)
+    x.add_argument("--generation", type=int)
+    x.add_argument("--dest", required=True)
+    x.add_argument("--force", action="store_true")
+    x.set_defaults(func=cmd_restore)
+    x = cks.add_parser("gc", help="delete what no retained generation references")
+    job_args(x)
+    x.add_argument("--grace", type=_duration, default=3600.0)
+    x.set_defaults(func=cmd_gc)
+    return p
+
+
+def _split_payload(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
+class _Formatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s persistjob[%(process)d] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts, payload = _split_payload(argv)
+        a = build_parser().parse_args(opts)
+        if a.command in ("run", "local"):
+            if payload is None:
+                payload = list(a.payload)
+            elif a.payload:
+                raise ConfigError("unexpected arguments before --: %s" % " ".join(a.payload))
+            a.payload = payload
+            if not payload:
+                raise ConfigError("no payload given (persistjob %s --store URL ... -- PAYLOAD ARGS...)" % a.command)
+            a.run_argv = opts[opts.index(a.command) + 1:]
+        elif payload is not None:
+            raise ConfigError("'--' is only for run and local")
+        setup_logging(a.verbose, a.quiet)
+        return int(a.func(a))
+    except PersistJobError as exc:
+        print("persistjob: error: %s" % exc.message, file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("persistjob: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line, traceback on request
+        if os.environ.get("PERSISTJOB_DEBUG"):
+            raise
+        print("persistjob: internal error: %s: %s (set PERSISTJOB_DEBUG=1 for a traceback)" % (type(exc).__name__, exc),
+              file=sys.stderr, flush=True)
+        return C.EXIT_PAYLOAD_FAILED

@@ -1,0 +1,40 @@
+"""Storage backends built from URLs.
+
+``get_backend(url)`` asks a chain of factories; each returns ``None`` when
+the scheme is not its own.  gfal2 (``root://``, ``davs://``, ``srm://``)
+plugs in here as one more factory.
+"""
+
+from typing import Callable, List, Optional
+
+from ..errors import InvalidURL
+from .base import Backend, ObjectInfo, check_key, split_url
+from .retry import RetryingBackend
+
+__all__ = ["Backend", "ObjectInfo", "RetryingBackend", "check_key", "get_backend", "FACTORIES"]
+
+
+def _posix(url: str) -> Optional[Backend]:
+    from . import posixfs
+
+    return posixfs.from_url(url)
+
+
+def _s3(url: str) -> Optional[Backend]:
+    if not url.startswith("s3://"):
+        return None
+    from . import s3  # boto3 is imported only when an s3:// store is used
+
+    return s3.from_url(url)
+
+
+FACTORIES: List[Callable[[str], Optional[Backend]]] = [_posix, _s3]
+
+
+def get_backend(url: str) -> Backend:
+    scheme, _ = split_url(url)
+    for factory in FACTORIES:
+        backend = factory(url)
+        if backend is not None:
+            return backend
+    raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://)" % scheme)
