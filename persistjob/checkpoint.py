@@ -204,6 +204,8 @@ class JobLog:
         fields = dict(prev._asdict())
         data = dict(changes.pop("data", {}))
         data.setdefault("time", self.clock())
+        data.setdefault("host", host_name())
+        data.setdefault("pid", os.getpid())
         data.setdefault("nonce", uuid.uuid4().hex)
         fields.update(changes, seq=prev.seq + 1, kind=kind, data=data)
         rec = Record(**fields)

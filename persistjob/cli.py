@@ -181,7 +181,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"job_id": a.job_id, "key": joblog.key, "runs": head.run, "generation": head.generation,
                           "last_record": head.kind, "generations": [
-                              dict(generation=r.generation, manifest=r.manifest, run=r.data.get("run"), time=r.data.get("time"),
+                              dict(generation=r.generation, manifest=r.manifest, run=r.run, time=r.data.get("time"),
                                    files=r.data.get("files"), bytes=r.data.get("bytes"), uploaded=r.data.get("uploaded"),
                                    retained=r.manifest in retained) for r in rows]}, indent=1))
         return 0
@@ -194,7 +194,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
                                                              "MANIFEST", "RETAINED"))
     for r in rows:
         print("%5d  %-19s  %4s  %6s  %10s  %10s  %-12s  %s" % (
-            r.generation, _when(r.data.get("time")), r.data.get("run", "-"), r.data.get("files", "-"),
+            r.generation, _when(r.data.get("time")), r.run, r.data.get("files", "-"),
             _fmt_bytes(r.data.get("bytes", 0)), _fmt_bytes(r.data.get("uploaded", 0)), (r.manifest or "")[:12],
             "yes" if r.manifest in retained else "no"))
     return 0

@@ -480,7 +480,7 @@ class Wrapper:
         st = snap.stats
         self.mine = self.joblog.append(self.mine, "commit", generation=gen, manifest=manifest_id, retained=retained,
                                        crash_streak=0, data={"files": st.files, "bytes": st.bytes, "uploaded": st.transferred,
-                                                             "run": self.info.run, "seconds": round(time.monotonic() - t0, 3)})
+                                                             "seconds": round(time.monotonic() - t0, 3)})
         self.retained = retained
         self.info.commits += 1
         self.info.generation = gen
@@ -595,7 +595,7 @@ class Wrapper:
         assert self.info is not None
         self._stop_payload(min(10.0, self.opts.vacate_grace))
         try:
-            self.mine = self.joblog.append(self.mine, "end", data={"reason": reason, "exit_code": code, "run": self.info.run},
+            self.mine = self.joblog.append(self.mine, "end", data={"reason": reason, "exit_code": code},
                                            **changes)
         except Fenced:
             return self._fenced("another instance appended to the log")

