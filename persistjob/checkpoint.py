@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
-from .errors import Fenced, IntegrityError, ObjectExists, ObjectNotFound, UnsafeManifest
+from .errors import ConfigError, Fenced, IntegrityError, ObjectExists, ObjectNotFound, UnsafeManifest
 from .storage import Backend
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,15 @@ class Record(NamedTuple):
     def from_bytes(cls, blob: bytes, seq: int) -> "Record":
         try:
             d = json.loads(blob.decode())
+            version = int(d.pop("v", 1))
             rec = cls(int(d.pop("seq")), str(d.pop("kind")), int(d.pop("run")), int(d.pop("generation")),
                       d.pop("manifest"), tuple((int(g), str(m)) for g, m in d.pop("retained")),
                       int(d.pop("crash_streak", 0)), d)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError("log record %d is malformed: %s" % (seq, exc)) from None
+        if version > FORMAT_VERSION:
+            raise ConfigError("log record %d has format %d, newer than this persistjob understands (%d): upgrade "
+                              "persistjob on this worker" % (seq, version, FORMAT_VERSION))
         if rec.seq != seq or rec.kind not in ("claim", "commit", "end"):
             raise IntegrityError("log record %d is inconsistent" % seq)
         if rec.manifest is not None and not _is_hash(rec.manifest):

@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Checkpoint throughput against a real SeaweedFS, side by side in one run.
+
+Prints a table and ratios (not a timed test; machines here are small and
+noisy, so each figure is the median of --repeat alternating rounds):
+
+* full commit of a 200 MB state (half random, half compressible) vs boto3
+  ``upload_file`` of an uncompressed tar of the same directory (target
+  raw/ours >= 0.9)
+* restore vs ``download_file`` of that tar (target >= 0.9)
+* incremental commit after changing 1%: bytes uploaded / state size (target
+  <= 0.03) and time vs the full commit
+* wrapper CPU while the payload runs between checkpoints (target < 1% of a core)
+* freeze time: how long the payload is stopped per checkpoint with 1% changed
+  (unchanged files are not re-read), next to a cold snapshot that reads all
+
+Usage: python benchmarks/checkpoint_bench.py [--mb 200] [--repeat 3]
+"""
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from persistjob.checkpoint import Checkpointer, JobLog  # noqa: E402
+from persistjob.storage.s3 import S3Backend  # noqa: E402
+from tests.servers import SeaweedFS  # noqa: E402
+
+
+def make_state(root: str, mb: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    os.makedirs(root)
+    half = (mb << 20) // 2
+    n = 10
+    for i in range(n):
+        with open(os.path.join(root, "random%02d.bin" % i), "wb") as f:
+            f.write(os.urandom(half // n))
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"epsilon", b"zeta", b"eta", b"theta", b"energy", b"event"]
+    os.makedirs(os.path.join(root, "logs"))
+    for i in range(n):
+        out = bytearray()
+        k = 0
+        while len(out) < half // n:
+            out += b"%08d %s %s %.6f\n" % (k, rng.choice(words), rng.choice(words), rng.random())
+            k += 1
+        with open(os.path.join(root, "logs", "part%02d.txt" % i), "wb") as f:
+            f.write(out[: half // n])
+
+
+def change_one_percent(root: str, mb: int) -> None:
+    path = os.path.join(root, "random03.bin")
+    with open(path, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(os.urandom((mb << 20) // 100))
+
+
+def fmt(x: float) -> str:
+    return "%.3f" % x
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cpu-seconds", type=float, default=20.0)
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="pj-bench-")
+    server = SeaweedFS(os.path.join(work, "weed")).start()
+    try:
+        client = server.client()
+        bucket = server.make_bucket("bench")
+        state = os.path.join(work, "state")
+        make_state(state, a.mb)
+        tar_path = os.path.join(work, "state.tar")
+        with tarfile.open(tar_path, "w") as tf:
+            tf.add(state, arcname="state")
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(state) for f in fs)
+        print("state: %d MB in %d files (half random, half text); tar %d MB; SeaweedFS 4.48 on 127.0.0.1"
+              % (size >> 20, sum(len(fs) for _, _, fs in os.walk(state)), os.path.getsize(tar_path) >> 20))
+
+        raw_up, ours_up, raw_down, ours_down, uploaded = [], [], [], [], []
+        manifests = []
+        for r in range(a.repeat):
+            t = time.perf_counter()
+            client.upload_file(tar_path, bucket, "raw/%d.tar" % r)
+            raw_up.append(time.perf_counter() - t)
+
+            backend = S3Backend(bucket, "ours%d/" % r, client, "s3://bench/ours%d/" % r)
+            joblog = JobLog(backend, "bench#%d" % r)
+            ck = Checkpointer(backend, joblog.prefix, state)
+            t = time.perf_counter()
+            snap = ck.snapshot()
+            mid = ck.upload(snap)
+            joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
+            ours_up.append(time.perf_counter() - t)
+            uploaded.append(snap.stats.transferred)
+            manifests.append((backend, joblog, mid))
+            ck.close()
+
+            dl = os.path.join(work, "dl.tar")
+            t = time.perf_counter()
+            client.download_file(bucket, "raw/%d.tar" % r, dl)
+            raw_down.append(time.perf_counter() - t)
+            os.unlink(dl)
+
+            dest = os.path.join(work, "restore%d" % r)
+            ck2 = Checkpointer(backend, joblog.prefix, dest)
+            t = time.perf_counter()
+            ck2.restore(mid)
+            ours_down.append(time.perf_counter() - t)
+            ck2.close()
+            shutil.rmtree(dest)
+
+        m = statistics.median
+        print()
+        print("%-44s %10s %10s %8s %8s" % ("measure (median of %d)" % a.repeat, "raw s", "ours s", "raw/ours", "target"))
+        print("%-44s %10s %10s %8.2f %8s" % ("full commit vs upload_file(tar)", fmt(m(raw_up)), fmt(m(ours_up)),
+                                              m(raw_up) / m(ours_up), ">=0.9"))
+        print("%-44s %10s %10s %8.2f %8s" % ("restore vs download_file(tar)", fmt(m(raw_down)), fmt(m(ours_down)),
+                                              m(raw_down) / m(ours_down), ">=0.9"))
+        print("   bytes stored by a full commit: %.0f MB of %d MB (zstd on the text half)" % (m(uploaded) / 2 ** 20, size >> 20))
+
+        # incremental + freeze, on one job with a warm stat cache (as in a running wrapper)
+        backend, joblog, _ = manifests[0]
+        inc_t, inc_b, freeze_t, cold_t = [], [], [], []
+        ck = Checkpointer(backend, joblog.prefix, state, racy=0)
+        ck.upload(ck.snapshot())  # warm the cache and the known-chunk set
+        for r in range(a.repeat):
+            change_one_percent(state, a.mb)
+            t = time.perf_counter()
+            snap = ck.snapshot(os.path.dirname(state))  # what freeze mode does while the payload is stopped
+            freeze_t.append(time.perf_counter() - t)
+            ck.upload(snap)
+            inc_t.append(time.perf_counter() - t)
+            inc_b.append(snap.stats.transferred)
+        cold = Checkpointer(backend, joblog.prefix, state)
+        cold.known = set(ck.known)
+        for r in range(a.repeat):
+            cold.cache = {}
+            t = time.perf_counter()
+            snap = cold.snapshot(os.path.dirname(state))
+            cold_t.append(time.perf_counter() - t)
+            shutil.rmtree(snap.spool, ignore_errors=True)
+        ck.close()
+        cold.close()
+        print("incremental commit, 1% changed:")
+        print("   uploaded / state size: %.4f (target <= 0.03); time %.3fs = %.2f of a full commit"
+              % (m(inc_b) / size, m(inc_t), m(inc_t) / m(ours_up)))
+        print("   payload frozen per checkpoint: %.3fs (stat cache) vs %.3fs if every file were re-read"
+              % (m(freeze_t), m(cold_t)))
+
+        # wrapper CPU while the payload runs between checkpoints
+        env = dict(os.environ, **server.env(), PYTHONPATH=REPO)
+        ckdir = os.path.join(work, "cpu-ck")
+        p = subprocess.Popen([sys.executable, "-m", "persistjob", "run", "--job-id", "bench#cpu", "--store",
+                              "s3://bench/cpu", "--checkpoint-dir", ckdir, "--interval", "1h", "--lifetime", "1h",
+                              "--", sys.executable, os.path.join(REPO, "examples", "counter", "counter.py"), "--quiet"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3)  # past claim and start
+            tick = os.sysconf("SC_CLK_TCK")
+
+            def cpu() -> float:
+                with open("/proc/%d/stat" % p.pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / tick
+
+            c0, t0 = cpu(), time.monotonic()
+            time.sleep(a.cpu_seconds)
+            c1, t1 = cpu(), time.monotonic()
+        finally:
+            p.terminate()
+            p.wait(timeout=60)
+        print("   wrapper CPU between checkpoints: %.3f%% of one core over %.0fs (target < 1%%)"
+              % (100 * (c1 - c0) / (t1 - t0), t1 - t0))
+        return 0
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Pure logic: identity, keys, durations, records, manifests, chunk codec, retention, exit codes."""
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from persistjob import constants as C
+from persistjob import errors as E
+from persistjob.checkpoint import (
+    EMPTY,
+    Entry,
+    Record,
+    decode_chunk,
+    decode_manifest,
+    encode_chunk,
+    encode_manifest,
+    job_key,
+    retained_after,
+)
+from persistjob.identity import parse_duration, parse_size, read_classad_attr, resolve_job_id
+from persistjob.storage import check_key, get_backend
+from persistjob.storage.s3 import classify_s3_error
+
+
+@pytest.mark.parametrize("text,secs", [("90", 90), ("90s", 90), ("5m", 300), ("1h30m", 5400), ("2d", 172800),
+                                       ("1.5s", 1.5), ("1h", 3600)])
+def test_durations(text, secs):
+    assert parse_duration(text) == secs
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "1x", "-5", "h"])
+def test_bad_durations(bad):
+    with pytest.raises(E.ConfigError, match="invalid duration"):
+        parse_duration(bad)
+
+
+def test_sizes():
+    assert parse_size("512k") == 512 << 10 and parse_size("1M") == 1 << 20 and parse_size("4096") == 4096
+    with pytest.raises(E.ConfigError):
+        parse_size("big")
+
+
+def test_identity_order(tmp_path):
+    ad = tmp_path / ".job.ad"
+    ad.write_text('ClusterId = 4\nGlobalJobId = "submit.example#4.0#1700000000"\nCmd = "/bin/x"\n')
+    env = {"_CONDOR_JOB_AD": str(ad), "PERSISTJOB_JOB_ID": "wq#7"}
+    assert resolve_job_id("explicit#1", env) == "explicit#1"
+    assert resolve_job_id(None, env) == "submit.example#4.0#1700000000"
+    assert resolve_job_id(None, {"PERSISTJOB_JOB_ID": "wq#7"}) == "wq#7"
+    assert resolve_job_id(None, {"_CONDOR_JOB_AD": str(tmp_path / "missing"), "PERSISTJOB_JOB_ID": "wq#7"}) == "wq#7"
+    with pytest.raises(E.ConfigError, match="no job ID"):
+        resolve_job_id(None, {})
+    with pytest.raises(E.ConfigError, match="invalid job ID"):
+        resolve_job_id("bad\nid", {})
+
+
+def test_classad_string_escapes(tmp_path):
+    ad = tmp_path / "ad"
+    ad.write_text('Name = "slot1@host"\nQuoted = "a \\"b\\" c"\nNum = 42\n')
+    assert read_classad_attr(str(ad), "name") == "slot1@host"
+    assert read_classad_attr(str(ad), "Quoted") == 'a "b" c'
+    assert read_classad_attr(str(ad), "Num") == "42"
+    assert read_classad_attr(str(ad), "Missing") is None
+
+
+def test_job_key_is_sha256_of_id():
+    assert job_key("host#1.0#123") == hashlib.sha256(b"host#1.0#123").hexdigest()
+
+
+@pytest.mark.parametrize("key", ["../x", "/abs", "a//b", "a/./b", "a/../b", "", "a b", ".tmp-x/y", "a/.tmp-1"])
+def test_unsafe_keys(key):
+    with pytest.raises(ValueError):
+        check_key(key)
+
+
+def test_safe_keys():
+    assert check_key("abc/log/000000000001") == "abc/log/000000000001"
+
+
+@pytest.mark.parametrize("url,msg", [("nope", "malformed"), ("s3:/x", "malformed"), ("ftp://h/x", "unsupported"),
+                                     ("file://relative/x", "file:///absolute"), ("s3://Bad_Bucket/x", "bad bucket"),
+                                     ("s3://bucket/x?secret_key=abc", "secrets do not belong"),
+                                     ("s3://bucket/x?colour=red", "unknown URL parameter"),
+                                     ("s3://bucket/x?addressing=sideways", "addressing"),
+                                     ("file:///tmp/x?fsync=0&bogus=1", "unknown URL parameter")])
+def test_bad_urls(url, msg):
+    with pytest.raises(E.InvalidURL, match=msg):
+        get_backend(url)
+
+
+def test_s3_url_params_and_no_secret_in_repr():
+    b = get_backend("s3://bucket/some/prefix?endpoint=http://127.0.0.1:1&region=eu-west-1&addressing=path")
+    assert b.bucket == "bucket" and b.prefix == "some/prefix/"
+    assert b.url == "s3://bucket/some/prefix/"
+    assert b.client.meta.region_name == "eu-west-1"
+    assert b.client.meta.endpoint_url == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize("code,status,cls", [
+    ("PreconditionFailed", 412, E.ObjectExists),
+    ("NoSuchKey", 404, E.ObjectNotFound),
+    ("404", 404, E.ObjectNotFound),
+    ("NoSuchBucket", 404, E.StorageConfigError),
+    ("ConditionalRequestConflict", 409, E.StorageUnavailable),
+    ("SlowDown", 503, E.StorageUnavailable),
+    ("InternalError", 500, E.StorageUnavailable),
+    ("TooManyRequests", 429, E.StorageUnavailable),
+    ("RequestTimeout", 400, E.StorageUnavailable),
+    ("AccessDenied", 403, E.StorageConfigError),
+    ("InvalidAccessKeyId", 403, E.StorageConfigError),
+    ("SignatureDoesNotMatch", 403, E.StorageConfigError),
+    ("InvalidArgument", 400, E.StorageConfigError),
+])
+def test_s3_error_classification(code, status, cls):
+    err = classify_s3_error(code, status, "k")
+    assert type(err) is cls
+    assert isinstance(err, E.StorageUnavailable) == (cls is E.StorageUnavailable)
+
+
+def test_exit_codes_of_error_classes():
+    assert E.ConfigError("x").exit_code == C.EXIT_CONFIG == 78
+    assert E.InvalidURL("x").exit_code == 78 and E.UnsafeManifest("x").exit_code == 78
+    assert E.StorageConfigError("x").exit_code == 78
+    assert E.TryLater("x").exit_code == C.EXIT_TEMPFAIL == 75
+    assert E.Fenced("x").exit_code == 75 and E.StorageUnavailable("x").exit_code == 75
+    assert (C.EXIT_DONE, C.EXIT_CHECKPOINTED, C.EXIT_CRASHLOOP) == (0, 85, 79)
+    assert E.ConfigError().message == "bad configuration or input"
+
+
+def test_record_round_trip_and_validation():
+    rec = Record(7, "commit", 3, 5, "a" * 64, ((5, "a" * 64), (4, "b" * 64)), 0, {"files": 2, "time": 1.5})
+    back = Record.from_bytes(rec.to_bytes(), 7)
+    assert back == rec
+    with pytest.raises(E.IntegrityError):
+        Record.from_bytes(rec.to_bytes(), 8)  # stored under another sequence number
+    with pytest.raises(E.IntegrityError):
+        Record.from_bytes(b"{not json", 1)
+    bad = json.loads(rec.to_bytes())
+    bad["manifest"] = "../../etc"
+    with pytest.raises(E.IntegrityError):
+        Record.from_bytes(json.dumps(bad).encode(), 7)
+    assert EMPTY.seq == 0 and EMPTY.run == 0
+
+
+def test_retention():
+    r = retained_after((5, "e"), [(4, "d"), (3, "c"), (2, "b")], 3)
+    assert r == ((5, "e"), (4, "d"), (3, "c"))
+    assert retained_after((5, "e"), [(4, "d"), (3, "c")], 3, drop=["d"]) == ((5, "e"), (3, "c"))
+    assert retained_after((1, "a"), [], 0) == ((1, "a"),)
+
+
+def test_chunk_codec():
+    text = b"abc" * 100000
+    blob = encode_chunk(text)
+    assert blob[:1] == b"\x01" and len(blob) < len(text) // 10
+    rnd = os.urandom(100000)
+    blob2 = encode_chunk(rnd)
+    assert blob2[:1] == b"\x00" and len(blob2) == len(rnd) + 1
+    assert decode_chunk(blob, hashlib.sha256(text).hexdigest(), len(text)) == text
+    with pytest.raises(E.IntegrityError):
+        decode_chunk(blob2[:-1] + bytes([blob2[-1] ^ 1]), hashlib.sha256(rnd).hexdigest(), len(rnd))
+    with pytest.raises(E.IntegrityError):
+        decode_chunk(b"\x07junk", "0" * 64, 4)
+    with pytest.raises(E.IntegrityError):  # a bomb that decompresses past its declared size
+        decode_chunk(blob, hashlib.sha256(text).hexdigest(), 10)
+
+
+def _manifest(entries):
+    blob = encode_manifest(entries, {"created": 0})
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def test_manifest_round_trip():
+    h = "ab" * 32
+    entries = [Entry("d", "d", 0o755, 0, 1), Entry("d/f", "f", 0o644, 10, 2, ((h, 6), (h, 4))),
+               Entry("d/l", "l", 0o777, 0, 3, target="f")]
+    blob, mid = _manifest(entries)
+    back, meta = decode_manifest(blob, mid)
+    assert back == entries and meta["created"] == 0
+    with pytest.raises(E.IntegrityError):
+        decode_manifest(blob, "0" * 64)
+
+
+H = "cd" * 32
+
+
+@pytest.mark.parametrize("entries,msg", [
+    ([Entry("../x", "f", 0o644, 0, 0)], "unsafe path"),
+    ([Entry("/etc/passwd", "f", 0o644, 0, 0)], "unsafe path"),
+    ([Entry("a/../../x", "f", 0o644, 0, 0)], "unsafe path"),
+    ([Entry("l", "l", 0o777, 0, 0, target="/etc")], "outside"),
+    ([Entry("l", "l", 0o777, 0, 0, target="../..")], "outside"),
+    ([Entry("d", "d", 0o755, 0, 0), Entry("d/l", "l", 0o777, 0, 0, target="../../x")], "outside"),
+    ([Entry("l", "l", 0o777, 0, 0, target="."), Entry("l/x", "f", 0o644, 0, 0)], "through symlink"),
+    ([Entry("dev", "c", 0o644, 0, 0)], "not allowed"),
+    ([Entry("f", "f", 0o644, 0, 0), Entry("f", "f", 0o644, 0, 0)], "duplicate"),
+    ([Entry("f", "f", 0o644, 5, 0, ((H, 4),))], "bad chunk list"),
+    ([Entry("f", "f", 0o644, 4, 0, (("zz", 4),))], "bad chunk list"),
+    ([Entry("a/f", "f", 0o644, 0, 0)], "before its directory"),
+])
+def test_unsafe_manifests(entries, msg):
+    blob, mid = _manifest(entries)
+    with pytest.raises(E.UnsafeManifest, match=msg):
+        decode_manifest(blob, mid)
+
+
+def test_setuid_bits_are_dropped():
+    blob, mid = _manifest([Entry("f", "f", 0o4755, 0, 0)])
+    entries, _ = decode_manifest(blob, mid)
+    assert entries[0].mode == 0o755
+
+
+def test_newer_format_is_refused_not_skipped():
+    rec = json.loads(Record(1, "claim", 1, 0, None, (), 0, {}).to_bytes())
+    rec["v"] = 99
+    with pytest.raises(E.ConfigError, match="upgrade persistjob"):
+        Record.from_bytes(json.dumps(rec).encode(), 1)
