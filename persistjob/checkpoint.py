@@ -556,11 +556,12 @@ class Checkpointer:
     def upload(self, snap: Snapshot) -> str:
         """Upload spooled chunks and the manifest; return the manifest id."""
         t0 = time.monotonic()
-        if snap.spool is not None:
+        spool = snap.spool
+        if spool is not None:
             def send(digest: str) -> None:
                 if self.cancel():
                     raise IntegrityError("checkpoint cancelled")
-                with open(os.path.join(snap.spool, digest), "rb") as f:
+                with open(os.path.join(spool, digest), "rb") as f:
                     blob = f.read()
                 self.backend.put(self.chunk_key(digest), blob)
                 snap.stats.add(transferred=len(blob))
@@ -569,7 +570,7 @@ class Checkpointer:
                 for fut in [self.pool().submit(send, d) for d in snap.new_chunks]:
                     fut.result()
             finally:
-                shutil.rmtree(snap.spool, ignore_errors=True)
+                shutil.rmtree(spool, ignore_errors=True)
             self.known.update(snap.new_chunks)
         blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": self.chunk_size})
         manifest_id = hashlib.sha256(blob).hexdigest()

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
@@ -374,10 +375,8 @@ def _split_payload(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
 
 
 class _Formatter(logging.Formatter):
-    converter = time.gmtime
-
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", self.converter(record.created))
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
 
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
@@ -392,6 +391,8 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # boto3 warns on every import under Python 3.9; a job's error file should tell the job's story.
+    warnings.filterwarnings("ignore", message="Boto3 will no longer support")
     try:
         opts, payload = _split_payload(argv)
         a = build_parser().parse_args(opts)

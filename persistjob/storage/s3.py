@@ -13,7 +13,7 @@ answers 412 when the key exists.  botocore's own retries are switched off;
 persistjob retries the retryable branch itself (see ``retry.py``).
 """
 
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 from urllib.parse import parse_qs
 
 from ..errors import (
@@ -137,7 +137,7 @@ class S3Backend(Backend):
             pass
 
     def delete_many(self, keys: Iterable[str]) -> None:
-        batch = []
+        batch: List[Dict[str, str]] = []
         for key in keys:
             batch.append({"Key": self._key(key)})
             if len(batch) == 1000:
@@ -146,7 +146,7 @@ class S3Backend(Backend):
         if batch:
             self._delete_batch(batch)
 
-    def _delete_batch(self, batch: list) -> None:
+    def _delete_batch(self, batch: List[Dict[str, str]]) -> None:
         resp = self._call("delete", self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         errors = [e for e in resp.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
         if errors:

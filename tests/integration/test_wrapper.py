@@ -341,3 +341,33 @@ def test_storage_down_20s_mid_run(own_seaweed, tmp_path):
     assert "retrying" in err
     committed = [r for r in records(st, jid) if r.kind == "commit"]
     assert committed[-1].run == 1 and len(committed) >= 3
+
+
+def test_checkpoint_cli(store, tmp_path):
+    r = store.cli("local", "--max-runs", "2", "--name", "cli", "--store", store.url, "--lifetime", "2s",
+                  "--interval", "1s", "--keep", "2", "--gc-grace", "0", "--", PY, COUNTER)
+    assert r.returncode == 0, r.stderr
+    assert "gc: deleted" in r.stderr
+    base = ["--store", store.url, "--job-id", "local#cli"]
+    ls = store.cli("checkpoint", "ls", *base)
+    assert ls.returncode == 0, ls.stderr
+    assert "job local#cli" in ls.stdout and "2 runs" in ls.stdout and "GEN" in ls.stdout
+    lsj = json.loads(store.cli("checkpoint", "ls", *base, "--json").stdout)
+    gens = lsj["generations"]
+    assert [g["retained"] for g in gens].count(True) == 2 and gens[-1]["files"] >= 1
+    show = store.cli("checkpoint", "show", *base)
+    assert show.returncode == 0 and "counter.json" in show.stdout
+    old = store.cli("checkpoint", "show", *base, "--generation", "1")
+    assert old.returncode == 78 and "garbage-collected" in old.stderr
+    missing = store.cli("checkpoint", "show", *base, "--generation", "999")
+    assert missing.returncode == 78 and "no generation 999" in missing.stderr
+    assert store.cli("checkpoint", "verify", *base).returncode == 0
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "keep").write_text("x")
+    refused = store.cli("checkpoint", "restore", *base, "--dest", str(dest))
+    assert refused.returncode == 78 and (dest / "keep").exists()
+    gc = store.cli("checkpoint", "gc", *base, "--grace", "0")
+    assert gc.returncode == 0 and "kept generations" in gc.stdout
+    none = store.cli("checkpoint", "ls", "--store", store.url, "--job-id", "never#ran")
+    assert none.returncode == 0 and "no generations committed" in none.stdout
