@@ -237,6 +237,32 @@ class JobLog:
                 except (IntegrityError, ObjectNotFound) as exc:
                     log.warning("log: %s", exc)
 
+    def note_fenced(self, seq: int, why: str) -> None:
+        """Leave a note (outside the log) that a stale instance was refused."""
+        body = {"time": self.clock(), "host": host_name(), "pid": os.getpid(), "claim_seq": seq, "why": why}
+        self.backend.put("%sfenced/%d-%d" % (self.prefix, int(self.clock()), os.getpid()), json.dumps(body).encode())
+
+    def fenced_notes(self) -> List[Dict[str, Any]]:
+        out = []
+        for o in self.backend.list(self.prefix + "fenced/"):
+            try:
+                out.append(json.loads(self.backend.get(o.key).decode()))
+            except (ObjectNotFound, ValueError, UnicodeDecodeError):
+                continue
+        return out
+
+    def last_commit(self, head: Optional[Record] = None) -> Optional[Record]:
+        """The newest commit record (walking back from the head)."""
+        rec = head or self.head()
+        while rec.seq > 0:
+            if rec.kind == "commit":
+                return rec
+            try:
+                rec = self.get(rec.seq - 1)
+            except (ObjectNotFound, IntegrityError):
+                return None
+        return None
+
     def put_run(self, run: int, seq: int, info: Dict[str, Any]) -> None:
         self.backend.put("%sruns/%08d-%012d" % (self.prefix, run, seq), json.dumps(info, sort_keys=True).encode())
 

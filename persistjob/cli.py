@@ -299,6 +299,78 @@ def cmd_gc(a: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ HTCondor
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from . import submit as S
+
+    o = S.SubmitOptions(
+        store=a.store, payload=tuple(a.payload), count=a.count, lifetime=a.lifetime, interval=a.interval, mode=a.mode,
+        vacate_grace=a.vacate_grace, forever=not a.until_done, name=a.name, wrapper=a.wrapper or S.default_wrapper(),
+        crash_limit=a.crash_limit, release_limit=a.release_limit, release_base=int(a.release_base), cron=a.cron,
+        cron_window=None if a.cron_window is None else int(a.cron_window),
+        cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
+        transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
+        getenv=tuple(a.getenv),
+    )
+    desc = S.build_description(o)
+    if a.dry_run:
+        sys.stdout.write(S.format_description(desc, o.count))
+        return 0
+    cluster = S.Scheduler(a.schedd, a.pool).submit(desc, o.count)
+    print("%d persistent job(s) submitted to cluster %d" % (o.count, cluster))
+    log.info("submit: %s", S.describe_for_humans(o))
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from . import submit as S
+
+    now = time.time()
+    views = S.collect_status(S.Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
+                             default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, now=now)
+    if a.json:
+        print(json.dumps([v.as_json() for v in views], indent=1, default=str))
+    elif not views:
+        print("no persistent jobs%s" % (" match %s" % a.constraint if a.constraint else ""))
+    else:
+        print(S.status_table(views, now))
+    return 1 if any(v.flags for v in views) else 0
+
+
+def cmd_rm(a: argparse.Namespace) -> int:
+    from . import submit as S
+
+    sched = S.Scheduler(a.schedd, a.pool)
+    constraint = "(%s =?= true) && (%s)" % (C.ATTR_JOB, S.jobspec_constraint(a.jobspec))
+    ads = sched.query(constraint, ["ClusterId", "ProcId", "GlobalJobId", C.ATTR_STORE])
+    if not ads:
+        raise ConfigError("no persistent job matches %s" % a.jobspec)
+    n = sched.remove(constraint)
+    print("removed %d persistent job(s)" % n)
+    if not a.purge:
+        return 0
+    # Wait for the removed jobs to leave the queue: a running wrapper takes a final checkpoint first.
+    ids = " || ".join("(ClusterId == %s && ProcId == %s)" % (ad["ClusterId"], ad["ProcId"]) for ad in ads)
+    end = time.monotonic() + a.wait
+    while sched.query(ids, ["ClusterId"]) and time.monotonic() < end:
+        time.sleep(1)
+    left = sched.query(ids, ["ClusterId"])
+    if left:
+        raise S.SchedulerError("%d removed job(s) still in the queue after %.0fs; not purging yet" % (len(left), a.wait))
+    total = 0
+    for ad in ads:
+        store = a.store or ad.get(C.ATTR_STORE)
+        if not store or "$$(" in str(store):
+            print("%s.%s: no store URL known; give --store to purge" % (ad["ClusterId"], ad["ProcId"]))
+            continue
+        n_obj = S.purge_store(store, ad["GlobalJobId"])
+        total += n_obj
+        print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], n_obj))
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -331,6 +403,56 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--interval", default="1.5s")
     d.add_argument("--name", default="demo")
     d.set_defaults(func=cmd_demo)
+
+    su = sub.add_parser("submit", help="submit persistent jobs to HTCondor",
+                        description="Submit N persistent jobs through htcondor2 (or print the description).")
+    su.add_argument("--store", required=True, metavar="URL", help="store URL; may be a match-time $$(Attr:default)")
+    su.add_argument("--count", type=int, default=1)
+    su.add_argument("--lifetime", default="12h")
+    su.add_argument("--interval", default="1h")
+    su.add_argument("--mode", choices=("freeze", "signal", "exit-code"), default="freeze")
+    su.add_argument("--vacate-grace", type=_duration, default=C.DEFAULT_VACATE_GRACE)
+    fo = su.add_mutually_exclusive_group()
+    fo.add_argument("--forever", action="store_true", default=True, help="re-run forever (default)")
+    fo.add_argument("--until-done", action="store_true", help="remove the job when the payload finishes (exit 0)")
+    su.add_argument("--name", default="persistjob")
+    su.add_argument("--wrapper", help="path of persistjob on the worker nodes (default: this one)")
+    su.add_argument("--crash-limit", type=int, default=C.DEFAULT_CRASH_LIMIT)
+    su.add_argument("--release-limit", type=int, default=5, help="crash-loop holds released automatically (default 5)")
+    su.add_argument("--release-base", type=_duration, default=60.0, help="first release backoff, doubling (default 60s)")
+    su.add_argument("--cron", metavar="'MIN HOUR DOM MON DOW'", help="run on this schedule (cron_* commands)")
+    su.add_argument("--cron-window", type=_duration)
+    su.add_argument("--cron-prep-time", type=_duration)
+    su.add_argument("--transfer-input", action="append", default=[], metavar="PATH")
+    su.add_argument("--getenv", action="append", default=[], metavar="PATTERN",
+                    help="pass these submitter variables to the job, e.g. 'AWS_*' (HTCondor getenv)")
+    su.add_argument("--output-dir", default=".", help="where .out/.err/.log files go (default .)")
+    su.add_argument("--append", action="append", default=[], metavar="KEY=VALUE", help="extra submit command")
+    su.add_argument("--dry-run", action="store_true", help="print the submit description instead")
+    su.add_argument("--schedd")
+    su.add_argument("--pool")
+    su.add_argument("payload", nargs="*")
+    su.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="persistent jobs: the schedd's view joined with the store's",
+                        description="Exit 1 when any job needs a human (STALLED, CRASHLOOP, HELD, FENCED, IDLE-LONG).")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--constraint")
+    st.add_argument("--store", help="override the job ads' PersistStore")
+    st.add_argument("--idle-long", type=_duration, default=3600.0)
+    st.add_argument("--fenced-window", type=_duration, default=86400.0)
+    st.add_argument("--schedd")
+    st.add_argument("--pool")
+    st.set_defaults(func=cmd_status)
+
+    rm = sub.add_parser("rm", help="remove persistent jobs (and with --purge their stored checkpoints)")
+    rm.add_argument("jobspec", help="CLUSTER, CLUSTER.PROC or a constraint")
+    rm.add_argument("--purge", action="store_true")
+    rm.add_argument("--store", help="override the job ads' PersistStore")
+    rm.add_argument("--wait", type=_duration, default=300.0, help="how long to wait for removed jobs to leave")
+    rm.add_argument("--schedd")
+    rm.add_argument("--pool")
+    rm.set_defaults(func=cmd_rm)
 
     ck = sub.add_parser("checkpoint", help="inspect and manage stored checkpoints")
     cks = ck.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -396,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         opts, payload = _split_payload(argv)
         a = build_parser().parse_args(opts)
-        if a.command in ("run", "local"):
+        if a.command in ("run", "local", "submit"):
             if payload is None:
                 payload = list(a.payload)
             elif a.payload:
@@ -406,7 +528,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise ConfigError("no payload given (persistjob %s --store URL ... -- PAYLOAD ARGS...)" % a.command)
             a.run_argv = opts[opts.index(a.command) + 1:]
         elif payload is not None:
-            raise ConfigError("'--' is only for run and local")
+            raise ConfigError("'--' is only for run, local and submit")
         setup_logging(a.verbose, a.quiet)
         return int(a.func(a))
     except PersistJobError as exc:

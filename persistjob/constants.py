@@ -49,6 +49,8 @@ ATTR_LAST_COMMIT = "PersistLastCommit"
 ATTR_BYTES = "PersistBytes"
 ATTR_RUNS = "PersistRuns"
 ATTR_LAST_ERROR = "PersistLastError"
+ATTR_STORE = "PersistStore"
+ATTR_INTERVAL = "PersistInterval"
 
 # Defaults of the wrapper.
 DEFAULT_INTERVAL = 3600.0

@@ -193,7 +193,11 @@ class Wrapper:
         self.opts = opts
         self.environ = dict(os.environ if environ is None else environ)
         self._backend = backend
-        self.telemetry = telemetry or (lambda attrs: None)
+        if telemetry is None:
+            from .chirp import Chirp
+
+            telemetry = Chirp(self.environ)
+        self.telemetry = telemetry
         self.stop_reason: Optional[str] = None
         self.proc: Optional[subprocess.Popen] = None
         self.mine: Record
@@ -322,6 +326,10 @@ class Wrapper:
     def run(self) -> int:
         try:
             return self._run()
+        except PersistJobError as exc:
+            # The one-line reason reaches the job ad, so a hold (78) names it.
+            self.telemetry({C.ATTR_LAST_ERROR: exc.message})
+            raise
         finally:
             self._kill_everything()
             if self.ckpt is not None:
@@ -373,7 +381,8 @@ class Wrapper:
             raise TryLater("storage unreachable during restore (%s); not starting fresh" % exc) from None
         self.info.restored_generation = generation
         self._put_run("running")
-        self.telemetry({C.ATTR_RUNS: self.mine.run, C.ATTR_GENERATION: self.mine.generation})
+        self.telemetry({C.ATTR_RUNS: self.mine.run, C.ATTR_GENERATION: self.mine.generation,
+                        C.ATTR_STORE: self.store.url})
         if self.stop_reason:
             return self._finish(self.stop_reason, o.vacate_grace * 0.8)
 
@@ -589,6 +598,12 @@ class Wrapper:
         self._kill_everything()
         log.info("fenced: %s; job %s is owned by another instance; stopping without writing", why, self.job_id)
         self.telemetry({C.ATTR_LAST_ERROR: "fenced: %s" % why})
+        # A note beside the log (never in it) lets `persistjob status` flag FENCED.
+        try:
+            self.store.deadline = time.monotonic() + 10
+            self.joblog.note_fenced(self.mine.seq, why)
+        except StorageError:
+            pass
         return C.EXIT_TEMPFAIL
 
     def _end(self, code: int, reason: str, **changes: Any) -> int:

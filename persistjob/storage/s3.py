@@ -83,6 +83,8 @@ class S3Backend(Backend):
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
             if code.isdigit() and not status:
                 status = int(code)
+            if code == "NoSuchBucket":
+                raise StorageConfigError("S3 bucket %r does not exist at %s" % (self.bucket, self.client.meta.endpoint_url)) from None
             raise classify_s3_error(code, status, what) from None
         except be.NoCredentialsError:
             raise StorageConfigError("S3: no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None

@@ -260,7 +260,7 @@ def test_bad_credentials_and_missing_bucket(s3store, tmp_path):
     r = s3store.cli(*args[:1], "--store", s3store.url, *args[1:], env={"AWS_SECRET_ACCESS_KEY": "wrong"})
     assert "credentials" in _assert_one_line_78(r)
     r = s3store.cli(*args[:1], "--store", "s3://no-such-bucket-pj/x", *args[1:])
-    assert "bucket does not exist" in _assert_one_line_78(r)
+    assert "bucket 'no-such-bucket-pj' does not exist" in _assert_one_line_78(r)
     assert _store_keys(s3store) == before
 
 

@@ -24,7 +24,7 @@ def run_main(capsys, *argv):
     (["checkpoint", "ls", "--store", "file:///tmp/x"], "--job-id"),
     (["checkpoint", "explode"], "invalid choice"),
     (["nonsense"], "invalid choice"),
-    (["checkpoint", "ls", "--store", "file:///tmp/x", "--job-id", "j", "--", "x"], "only for run and local"),
+    (["checkpoint", "ls", "--store", "file:///tmp/x", "--job-id", "j", "--", "x"], "only for run, local and submit"),
 ])
 def test_usage_errors_are_one_line_78(capsys, argv, msg):
     code, out, err = run_main(capsys, *argv)
