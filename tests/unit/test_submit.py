@@ -1,0 +1,154 @@
+"""The submit description is a pure function: tested without a schedd."""
+
+import pytest
+
+from persistjob import constants as C
+from persistjob.errors import ConfigError
+from persistjob.submit import (
+    JobView,
+    SubmitOptions,
+    build_description,
+    condor_quote_args,
+    flag_job,
+    format_description,
+    jobspec_constraint,
+    parse_cron,
+    split_extra,
+)
+
+
+def opts(**kw):
+    base = dict(store="s3://b/p", payload=("/bin/payload", "a b"), wrapper="/opt/pj/bin/persistjob")
+    base.update(kw)
+    return SubmitOptions(**base)
+
+
+def test_quoting_follows_htcondor_new_syntax():
+    assert condor_quote_args(["a", "b"]) == '"a b"'
+    assert condor_quote_args(["a b", "c"]) == "\"'a b' c\""
+    assert condor_quote_args(["it's"]) == "\"'it''s'\""
+    assert condor_quote_args(['say "hi"']) == "\"'say \"\"hi\"\"'\""
+    assert condor_quote_args([""]) == "\"''\""
+    with pytest.raises(ConfigError):
+        condor_quote_args(["a\nb"])
+
+
+def test_forever_description_policy():
+    d = build_description(opts(vacate_grace=30, crash_limit=4, release_limit=6, release_base=120))
+    assert d["universe"] == "vanilla" and d["executable"] == "/opt/pj/bin/persistjob"
+    assert d["transfer_executable"] == "false"
+    assert d["on_exit_remove"] == "false"
+    assert "ExitCode =?= 78" in d["on_exit_hold"] and "ExitCode =?= 79" in d["on_exit_hold"]
+    assert "PersistLastError" in d["on_exit_hold_reason"] and d["on_exit_hold_subcode"] == "ExitCode"
+    assert "HoldReasonSubCode =?= 79" in d["periodic_release"] and "NumHolds < 6" in d["periodic_release"]
+    assert "120 * pow(2, NumHolds - 1)" in d["periodic_release"]
+    assert d["kill_sig"] == "SIGTERM" and d["job_max_vacate_time"] == "45"
+    assert d["want_io_proxy"] == "true" and d["+PersistJob"] == "true"
+    assert d["+PersistName"] == '"persistjob"' and d["+PersistStore"] == '"s3://b/p"'
+    assert d["+PersistInterval"] == "3600"
+    assert d["+TransferOutput"] == '""'
+    assert d["arguments"] == ("\"run --store s3://b/p --lifetime 12h --interval 1h --mode freeze --vacate-grace 30s "
+                              "--crash-limit 4 -- /bin/payload 'a b'\"")
+
+
+def test_until_done_and_cron():
+    d = build_description(opts(forever=False))
+    assert d["on_exit_remove"] == "(ExitBySignal =?= false) && (ExitCode =?= 0)"
+    d = build_description(opts(cron="*/5 2-4 * * 1,3", cron_window=50, cron_prep_time=10))
+    assert (d["cron_minute"], d["cron_hour"], d["cron_day_of_week"]) == ("*/5", "2-4", "1,3")
+    assert d["cron_window"] == "50" and d["cron_prep_time"] == "10" and d["on_exit_remove"] == "false"
+    with pytest.raises(ConfigError):
+        opts(cron="* * * * *", forever=False)
+
+
+def test_match_time_values_pass_through():
+    d = build_description(opts(store="$$(PersistStoreURL:s3://default/b)", lifetime="$$(PersistLifetime:12h)",
+                               payload=("$$(BoincBinary:/opt/boinc)",)))
+    assert "$$(PersistStoreURL:s3://default/b)" in d["arguments"]
+    assert "$$(PersistLifetime:12h)" in d["arguments"]
+    assert d["arguments"].endswith("-- $$(BoincBinary:/opt/boinc)\"")
+
+
+@pytest.mark.parametrize("spec,msg", [("* * * *", "five fields"), ("61 * * * *", "outside"), ("* 24 * * *", "outside"),
+                                      ("*/0 * * * *", "step 0"), ("a * * * *", "bad minute")])
+def test_bad_cron(spec, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_cron(spec)
+
+
+def test_getenv_transfer_extra_and_format():
+    d = build_description(opts(getenv=("AWS_*",), transfer_input=("payload.sh",), extra=split_extra(["request_memory=2GB"])))
+    assert d["getenv"] == "AWS_*" and d["transfer_input_files"] == "payload.sh" and d["request_memory"] == "2GB"
+    text = format_description(d, 3)
+    assert text.endswith("queue 3\n") and "request_memory = 2GB" in text
+    with pytest.raises(ConfigError):
+        split_extra(["novalue"])
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(payload=()), "no payload"), (dict(count=0), "--count"),
+                                    (dict(name="a b"), "--name"), (dict(mode="x"), "mode"),
+                                    (dict(interval="soon"), "invalid duration")])
+def test_bad_options(kw, msg):
+    with pytest.raises(ConfigError, match=msg):
+        build_description(opts(**kw))
+
+
+def test_jobspec():
+    assert jobspec_constraint("12") == "ClusterId == 12"
+    assert jobspec_constraint("12.3") == "ClusterId == 12 && ProcId == 3"
+    assert jobspec_constraint('PersistName == "x"') == 'PersistName == "x"'
+
+
+def view(status, **kw):
+    ad = {"JobStatus": status, "EnteredCurrentStatus": 1000.0, C.ATTR_INTERVAL: 60}
+    ad.update(kw.pop("ad", {}))
+    return JobView(ad, **kw)
+
+
+def test_flags():
+    now = 2000.0
+    f = lambda v: flag_job(v, now, idle_long=600, default_interval=3600)  # noqa: E731
+    assert f(view(2, last_commit=1990.0)) == []
+    assert f(view(2, last_commit=1800.0)) == ["STALLED"]  # 200 s > 2 x 60 s
+    assert f(view(2, last_commit=None, ad={"EnteredCurrentStatus": 1950.0})) == []  # just started
+    assert f(view(5, ad={"HoldReasonSubCode": 79})) == ["HELD", "CRASHLOOP"]
+    assert f(view(1, crash_streak=2)) == ["CRASHLOOP", "IDLE-LONG"]
+    assert f(view(2, last_commit=1990.0, fenced=1)) == ["FENCED"]
+    assert f(view(1, ad={"EnteredCurrentStatus": 1900.0})) == []
+
+
+TEMPLATE_OPTIONS = {
+    "persistent-job.sub": dict(store="s3://persistjob-state/jobs", payload=("/opt/payload/run.sh",), name="myjob"),
+    "backfill.sub": dict(store="$$(PersistStoreURL:s3://persistjob-state/backfill)", payload=("/opt/boinc/launch.sh",),
+                         name="backfill", count=100, lifetime="$$(PersistLifetime:12h)", mode="signal",
+                         extra=(("nice_user", "true"), ("request_cpus", "1"), ("request_memory", "1GB"),
+                                ("request_disk", "2GB"))),
+    "arc-grid.sub": dict(store="s3://persistjob-state/grid", payload=("./run.sh",), name="arcjob",
+                         transfer_input=("run.sh",), wrapper="persistjob", getenv=(),
+                         extra=(("universe", "grid"), ("grid_resource", "arc https://arc-ce.example.org:443/arex"),
+                                ("arc_resources", "<QueueName>grid</QueueName>"),
+                                ("environment", '"PERSISTJOB_JOB_ID=submit.example.org#$(Cluster).$(Process) AWS_PROFILE=grid"'))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_OPTIONS))
+def test_templates_are_what_submit_builds(name):
+    """templates/*.sub are the readable forms of build_description(): same commands, same values."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "templates", name)
+    cmds, queue = {}, None
+    for line in open(path):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("queue"):
+            queue = int(line.split()[1])
+            continue
+        k, _, v = line.partition(" = ")
+        cmds[k] = v
+    kw = dict(wrapper="/opt/persistjob/bin/persistjob", getenv=("AWS_*",))
+    kw.update(TEMPLATE_OPTIONS[name])
+    o = SubmitOptions(**kw)
+    assert cmds == build_description(o)
+    assert queue == o.count
