@@ -312,7 +312,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         cron_window=None if a.cron_window is None else int(a.cron_window),
         cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
         transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
-        getenv=tuple(a.getenv),
+        getenv=tuple(a.getenv), initialdir=a.initialdir,
     )
     desc = S.build_description(o)
     if a.dry_run:
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--transfer-input", action="append", default=[], metavar="PATH")
     su.add_argument("--getenv", action="append", default=[], metavar="PATTERN",
                     help="pass these submitter variables to the job, e.g. 'AWS_*' (HTCondor getenv)")
+    su.add_argument("--initialdir", help="the job's working directory on the submit side (HTCondor initialdir); "
+                    "needed with a remote schedd")
     su.add_argument("--output-dir", default=".", help="where .out/.err/.log files go (default .)")
     su.add_argument("--append", action="append", default=[], metavar="KEY=VALUE", help="extra submit command")
     su.add_argument("--dry-run", action="store_true", help="print the submit description instead")

@@ -36,6 +36,18 @@ class SchedulerError(PersistJobError):
     exit_code = C.EXIT_TEMPFAIL
 
 
+class SchedulerAuthError(ConfigError):
+    """the schedd refused our credentials (IDTOKENS, SEC_TOKEN_DIRECTORY, ...)"""
+
+
+def _schedd_error(what: str, exc: Exception) -> PersistJobError:
+    text = " ".join(str(exc).split())
+    if "AUTHENTICATE" in text or "PERMISSION DENIED" in text.upper():
+        return SchedulerAuthError("%s: the schedd refused our credentials (check SEC_TOKEN_DIRECTORY and the token's "
+                                  "identity): %s" % (what, text))
+    return SchedulerError("%s: %s" % (what, text))
+
+
 # ------------------------------------------------------------------ quoting
 
 
@@ -117,6 +129,7 @@ class SubmitOptions:
     transfer_input: Tuple[str, ...] = ()
     output_dir: str = "."
     getenv: Tuple[str, ...] = ()
+    initialdir: Optional[str] = None
     extra: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)
     run_args: Tuple[str, ...] = ()
 
@@ -196,6 +209,9 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
             d["cron_window"] = str(int(o.cron_window))
         if o.cron_prep_time is not None:
             d["cron_prep_time"] = str(int(o.cron_prep_time))
+    if o.initialdir:
+        # a remote schedd does not know the submitter's working directory
+        d["initialdir"] = o.initialdir
     if o.getenv:
         # e.g. 'AWS_*': the store's credentials and endpoint from the submitter's environment
         d["getenv"] = ", ".join(o.getenv)
@@ -245,27 +261,27 @@ class Scheduler:
             else:
                 self.schedd = htcondor2.Schedd()
         except Exception as exc:
-            raise SchedulerError("cannot reach the schedd%s: %s" % (" " + schedd if schedd else "", exc)) from None
+            raise _schedd_error("cannot reach the schedd%s" % (" " + schedd if schedd else ""), exc) from None
 
     def submit(self, description: Dict[str, str], count: int) -> int:
         try:
             result = self.schedd.submit(self.h.Submit(description), count=count)
         except Exception as exc:
-            raise SchedulerError("submit failed: %s" % str(exc).strip().splitlines()[-1]) from None
+            raise _schedd_error("submit failed", exc) from None
         return int(result.cluster())
 
     def query(self, constraint: str, projection: Sequence[str] = ADS_PROJECTION) -> List[Dict[str, Any]]:
         try:
             ads = self.schedd.query(constraint=constraint, projection=list(projection))
         except Exception as exc:
-            raise SchedulerError("query failed: %s" % exc) from None
+            raise _schedd_error("query failed", exc) from None
         return [{k: ad.eval(k) if k in ad else None for k in projection} for ad in ads]
 
     def remove(self, constraint: str) -> int:
         try:
             result = self.schedd.act(self.h.JobAction.Remove, constraint)
         except Exception as exc:
-            raise SchedulerError("remove failed: %s" % exc) from None
+            raise _schedd_error("remove failed", exc) from None
         try:
             return int(result["TotalSuccess"])
         except (KeyError, TypeError, ValueError):

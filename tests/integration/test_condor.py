@@ -248,3 +248,42 @@ def test_cron_schedule_runs_each_minute_never_twice_with_state_carried(pool, buc
     assert int(runs[0]["start"] // 60) != int(runs[1]["start"] // 60), "one run per minute"
     assert runs[1]["start"] > runs[0]["end"], "never twice at once"
     assert runs[1]["restored_generation"] == runs[0]["generation"] >= 1
+
+
+def test_remote_schedd_with_idtokens(pool, bucket_store, tmp_path):
+    """Submit and query from outside the pool's file system (PyPI htcondor2 bindings on the host):
+    FS authentication is impossible there, so this goes through IDTOKENS."""
+    tokens = tmp_path / "tokens"
+    tokens.mkdir(mode=0o700)
+    tok = subprocess.run([SANDBOX, "token"], capture_output=True, text=True, check=True).stdout.strip()
+    (tokens / "pj.token").write_text(tok + "\n")
+    (tokens / "pj.token").chmod(0o600)
+    env = clean_env(dict(bucket_store.env, CONDOR_CONFIG="/dev/null", _CONDOR_SEC_TOKEN_DIRECTORY=str(tokens),
+                         _CONDOR_SEC_CLIENT_AUTHENTICATION_METHODS="IDTOKENS"))
+    base = [sys.executable, "-m", "persistjob"]
+    remote = ["--pool", "127.0.0.1:9618", "--schedd", "localhost"]
+    r = subprocess.run(base + ["submit", *remote, "--store", bucket_store.url, "--name", "remote", "--lifetime", "3s",
+                               "--interval", "1s", "--getenv", "AWS_*", "--initialdir", "/tmp", "--output-dir", "/tmp",
+                               "--wrapper", "/opt/persistjob-venv/bin/persistjob", "--", PY_IN, COUNTER_IN],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    c = int(re.search(r"submitted to cluster (\d+)", r.stdout).group(1))
+    try:
+        wait_for(lambda: (pool.ad(c, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 2, 120, "two runs")
+        assert pool.ad(c, ["Owner"])["Owner"] == "pj"
+        st = subprocess.run(base + ["status", *remote, "--json", "--constraint", "ClusterId == %d" % c], env=env,
+                            capture_output=True, text=True, timeout=120)
+        view = json.loads(st.stdout)[0]
+        assert view["generation"] >= 1 and view["runs"] >= 1
+        # without a valid token the schedd refuses to take jobs: one line, exit 78, nothing queued
+        empty = tmp_path / "none"
+        empty.mkdir()
+        bad = subprocess.run(base + ["submit", *remote, "--store", bucket_store.url, "--name", "badtoken",
+                                     "--initialdir", "/tmp", "--", "/bin/true"],
+                             env=dict(env, _CONDOR_SEC_TOKEN_DIRECTORY=str(empty)), capture_output=True, text=True,
+                             timeout=120)
+        assert bad.returncode == 78 and "refused our credentials" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        assert pool.ads('PersistName == "badtoken"', ["ClusterId"]) == []
+    finally:
+        pool.rm(c)
