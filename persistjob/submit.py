@@ -27,7 +27,7 @@ ADS_PROJECTION = [
     "HoldReasonSubCode", "EnteredCurrentStatus", "QDate", "NumHolds", C.ATTR_NAME, C.ATTR_STORE, C.ATTR_INTERVAL,
     C.ATTR_GENERATION, C.ATTR_LAST_COMMIT, C.ATTR_BYTES, C.ATTR_RUNS, C.ATTR_LAST_ERROR,
 ]
-JOB_STATUS = {1: "Idle", 2: "Running", 3: "Removed", 4: "Completed", 5: "Held", 6: "Transferring", 7: "Suspended"}
+JOB_STATUS: Dict[Any, str] = {1: "Idle", 2: "Running", 3: "Removed", 4: "Completed", 5: "Held", 6: "Transferring", 7: "Suspended"}
 
 
 class SchedulerError(PersistJobError):
