@@ -371,6 +371,63 @@ def cmd_rm(a: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ Work Queue
+
+
+def _wq_work_dir(a: argparse.Namespace) -> str:
+    from .wq.state import default_work_dir
+
+    return os.path.abspath(a.work_dir or default_work_dir())
+
+
+def cmd_wq_manager(a: argparse.Namespace) -> int:
+    from .wq.manager import Manager, ManagerOptions
+    from .wq.shimsetup import install_shims
+
+    wd = _wq_work_dir(a)
+    install_shims(wd)
+    o = ManagerOptions(port=a.port, name=a.name, work_dir=wd, job_wrapper=a.job_wrapper, catalog_host=a.catalog_host,
+                       catalog_port=a.catalog_port, project_name=a.project_name, max_jobs=a.max_jobs,
+                       max_retries=a.max_retries, persistjob_cmd=a.persistjob_cmd or "", pass_env=tuple(a.pass_env or ["AWS_*"]),
+                       retry_delay=a.retry_delay, release_base=a.release_base, release_limit=a.release_limit)
+    return Manager(o).run()
+
+
+def cmd_wq_submit(a: argparse.Namespace) -> int:
+    import getpass
+
+    from .wq.manager import submit_persistent
+
+    if a.count < 1:
+        raise ConfigError("--count must be at least 1")
+    opts = _run_options(a, a.payload)  # validates the run options
+    del opts
+    run_args = _forwarded_run_args(a.run_argv)
+    for skip in ("--count", "--work-dir", "--name"):
+        while skip in run_args:
+            i = run_args.index(skip)
+            del run_args[i:i + 2]
+    run_args = [x for x in run_args if not x.startswith(("--count=", "--work-dir=", "--name="))]
+    cluster = submit_persistent(_wq_work_dir(a), a.count, a.name, tuple(run_args), tuple(a.payload), getpass.getuser())
+    print("%d persistent task(s) submitted to cluster %d (job IDs wq#%s#0..%d)" % (a.count, cluster, a.name, a.count - 1))
+    return 0
+
+
+def cmd_wq_env(a: argparse.Namespace) -> int:
+    from .wq.shimsetup import env_lines, install_shims
+
+    wd = _wq_work_dir(a)
+    install_shims(wd)
+    sys.stdout.write(env_lines(wd))
+    return 0
+
+
+def cmd_wq_workers(a: argparse.Namespace) -> int:
+    from .wq.workers import main as workers_main
+
+    return workers_main(a.action, a)
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -456,6 +513,44 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--pool")
     rm.set_defaults(func=cmd_rm)
 
+    wq = sub.add_parser("wq", help="the Work Queue executor: manager, Condor shims, workers")
+    wqs = wq.add_subparsers(dest="wq_command", metavar="ACTION", parser_class=_Parser)
+    wqs.required = True
+    m = wqs.add_parser("manager", help="run the Work Queue manager")
+    m.add_argument("--port", type=int, default=9094)
+    m.add_argument("--name", help="manager name reported to the catalog (needs --catalog-host)")
+    m.add_argument("--work-dir", help="default $AWQ_WORKDIR or /tmp/awq")
+    m.add_argument("--job-wrapper", metavar="PATH", help="pilots run as ./wrapper.sh ./agent ARGS")
+    m.add_argument("--catalog-host", help="report to this catalog server (never to CCTools' public default)")
+    m.add_argument("--catalog-port", type=int, default=9097)
+    m.add_argument("--project-name", default="alien_jobs")
+    m.add_argument("--max-jobs", type=int, default=10000)
+    m.add_argument("--max-retries", type=int, default=3, help="Work Queue failures retried per job (0: none)")
+    m.add_argument("--persistjob-cmd", help="how workers run persistjob (default: this Python -m persistjob)")
+    m.add_argument("--pass-env", action="append", metavar="PATTERN", help="manager variables given to persistent tasks (default AWS_*)")
+    m.add_argument("--retry-delay", type=_duration, default=30.0, help="delay after exit 75 (default 30s)")
+    m.add_argument("--release-base", type=_duration, default=60.0, help="first crash-loop release delay (default 60s)")
+    m.add_argument("--release-limit", type=int, default=5)
+    m.set_defaults(func=cmd_wq_manager)
+    ws = wqs.add_parser("submit", help="submit persistent tasks to the manager's table")
+    add_run_options(ws, with_job_id=False)
+    ws.add_argument("--count", type=int, default=1)
+    ws.add_argument("--name", default="persistjob", help="job IDs are wq#NAME#0..N-1 (deterministic)")
+    ws.add_argument("--work-dir")
+    ws.add_argument("payload", nargs="*")
+    ws.set_defaults(func=cmd_wq_submit)
+    we = wqs.add_parser("env", help="print the shell lines that put the condor_* shims first on PATH")
+    we.add_argument("--work-dir")
+    we.set_defaults(func=cmd_wq_env)
+    ww = wqs.add_parser("workers", help="start/stop Work Queue foremen and workers (WQ_* variables)")
+    ww.add_argument("action", choices=("start-foremen", "start-workers", "stop-foremen", "stop-workers", "stop",
+                                       "count", "drain", "supervise"))
+    ww.add_argument("--via", choices=("local", "condor"), default="local")
+    ww.add_argument("--count", type=int)
+    ww.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    ww.add_argument("--role", default="worker", help=argparse.SUPPRESS)
+    ww.set_defaults(func=cmd_wq_workers)
+
     ck = sub.add_parser("checkpoint", help="inspect and manage stored checkpoints")
     cks = ck.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     cks.required = True
@@ -520,7 +615,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         opts, payload = _split_payload(argv)
         a = build_parser().parse_args(opts)
-        if a.command in ("run", "local", "submit"):
+        if a.command in ("run", "local", "submit") or (a.command == "wq" and a.wq_command == "submit"):
             if payload is None:
                 payload = list(a.payload)
             elif a.payload:
@@ -528,7 +623,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             a.payload = payload
             if not payload:
                 raise ConfigError("no payload given (persistjob %s --store URL ... -- PAYLOAD ARGS...)" % a.command)
-            a.run_argv = opts[opts.index(a.command) + 1:]
+            verb = "submit" if a.command == "wq" else a.command
+            a.run_argv = opts[opts.index(verb, opts.index(a.command)) + 1:]
         elif payload is not None:
             raise ConfigError("'--' is only for run, local and submit")
         setup_logging(a.verbose, a.quiet)
