@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -287,3 +288,48 @@ def test_remote_schedd_with_idtokens(pool, bucket_store, tmp_path):
         assert pool.ads('PersistName == "badtoken"', ["ClusterId"]) == []
     finally:
         pool.rm(c)
+
+
+def test_wq_workers_as_persistent_condor_jobs(pool, tmp_path):
+    """A pilot factory without cron: Work Queue workers kept alive by HTCondor (on_exit_remove = false).
+
+    Manager, shims and workers all run in the pool's chroot, so that they share one CCTools release
+    (a 7.14 worker cannot talk to the host's 8.0-dev manager)."""
+    from tests.servers import free_ports
+
+    root = os.environ.get("PJ_CONDOR_SANDBOX", "/var/cache/persistjob/condor-trixie")
+    home = "/home/pj/wqc-" + uuid.uuid4().hex[:6]
+    port = free_ports(1)[0]
+    pool.run("mkdir", "-p", home)
+    with open(root + home + "/agent.sh", "w") as f:
+        f.write("#!/bin/sh\necho \"agent CONDOR_ID=$CONDOR_ID on $(hostname)\"\nsleep 2\n")
+    os.chmod(root + home + "/agent.sh", 0o755)
+    mpid = int(pool.run("sh", "-c", "persistjob wq manager --port %d --work-dir %s/awq > %s/manager.log 2>&1 & echo $!"
+                        % (port, home, home)).stdout.strip())
+    cluster = None
+    shim = "eval \"$(persistjob wq env --work-dir %s/awq)\" && cd %s && " % (home, home)
+    try:
+        wait_for(lambda: os.path.exists(root + home + "/awq/manager.json"), 30, "the manager")
+        r = pool.run("env", "WQ_MASTER=127.0.0.1:%d" % port, "WQ_WORKDIR=%s/w" % home, "WQ_IDLETIMEOUT=5",
+                     "persistjob", "wq", "workers", "start-workers", "--via", "condor", "--count", "2")
+        cluster = int(re.search(r"cluster (\d+)", r.stdout).group(1))
+        sub = ("executable = %s/agent.sh\noutput = out.$(Cluster).$(Process)\nerror = err.$(Cluster).$(Process)\n"
+               "environment = CONDOR_ID=$(Cluster).$(Process)\nqueue 4\n" % home)
+        r = subprocess.run([SANDBOX, "run", "--", "sh", "-c", shim + "condor_submit"], input=sub, capture_output=True,
+                           text=True, env=clean_env({}), timeout=60)
+        assert r.stdout == "Submitting job(s)....\n4 job(s) submitted to cluster 1.\n", r.stdout + r.stderr
+        count = lambda: int(pool.run("sh", "-c", shim + "condor_q -format '%s\\n' Owner | wc -l").stdout)  # noqa: E731
+        wait_for(lambda: count() == 0, 180, "the pilots to run on the condor workers")
+        for i in range(4):
+            assert "agent CONDOR_ID=1.%d" % i in open(root + home + "/out.1.%d" % i).read()
+        # the workers exit after 5 s idle; HTCondor starts them again (no cron, no daemon)
+        wait_for(lambda: (pool.ad(cluster, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 2, 120, "a restart")
+        ad = pool.ad(cluster, ["JobStatus", "PersistName"])
+        assert ad["PersistName"] == "wq-worker" and ad["JobStatus"] in (1, 2)
+    finally:
+        if cluster is not None:
+            pool.rm(cluster)
+        try:
+            os.kill(mpid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass

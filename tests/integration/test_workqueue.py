@@ -423,3 +423,26 @@ def test_catalog_reporting_only_when_asked(tmp_path):
                 s.stop()
         cat.terminate()
         cat.wait(timeout=10)
+
+
+def test_job_wrapper_filters_the_environment(tmp_path):
+    wrapper = os.path.join(REPO, "templates", "alien_job_wrapper.sh")
+    site = Site(tmp_path, extra_args=["--job-wrapper", wrapper]).start()
+    try:
+        with open(site.agent, "w") as f:
+            f.write("#!/bin/sh\necho \"pid $$\"\nenv | sort\n")
+        sub = ("executable = %s\noutput = %s/wout\nerror = %s/werr\nenvironment = ALIEN_JOBAGENT_ID=w1;"
+               "CONDOR_ID=$(Cluster).$(Process);SECRET_THING=leak\nqueue\n" % (site.agent, site.tmp, site.tmp))
+        assert site.sh("condor_submit", input=sub).returncode == 0
+        site.worker()
+        wait_for(lambda: os.path.exists(site.tmp / "wout") and os.path.getsize(site.tmp / "wout") > 0, 60, "output")
+        wait_for(lambda: site.count("JobStatus==1 || JobStatus==2") == 0, 30, "done")
+        env = dict(line.split("=", 1) for line in (site.tmp / "wout").read_text().splitlines() if "=" in line)
+        assert env["ALIEN_JOBAGENT_ID"] == "w1" and env["CONDOR_ID"] == "1.0"
+        assert "SECRET_THING" not in env, "only ALIEN_* and a minimal environment pass"
+        assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin" and "HOME" in env and "USER" in env and "LANG" in env
+        if not os.path.isdir("/cvmfs/alice.cern.ch"):
+            assert "/cvmfs/alice.cern.ch is not available" in (site.tmp / "werr").read_text()
+    finally:
+        site.stop_workers()
+        site.stop()
