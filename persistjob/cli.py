@@ -547,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "count", "drain", "supervise"))
     ww.add_argument("--via", choices=("local", "condor"), default="local")
     ww.add_argument("--count", type=int)
-    ww.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    ww.add_argument("--index", default="0", help=argparse.SUPPRESS)
     ww.add_argument("--role", default="worker", help=argparse.SUPPRESS)
     ww.set_defaults(func=cmd_wq_workers)
 

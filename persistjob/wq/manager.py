@@ -100,6 +100,7 @@ class Manager:
         self.wq = wq or import_work_queue()
         self.table = JobTable(opts.work_dir)
         self.tasks: Dict[int, Tuple[int, int]] = {}  # WQ task id -> (cluster, proc)
+        self.rows: Dict[int, Any] = {}  # WQ task id -> the job's row when it was handed over
         self.queued: Dict[int, Tuple[int, int]] = {}  # submitted to WQ, no worker yet
         self.stop = False
         self.persistjob_cmd = shlex.split(opts.persistjob_cmd) if opts.persistjob_cmd else [sys.executable, "-m", "persistjob"]
@@ -165,7 +166,7 @@ class Manager:
             signal.signal(sig, self._on_signal)
         self.open_queue()
         self.recover()
-        last_beat = 0.0
+        last_beat = last_promote = 0.0
         drained = False
         try:
             while not self.stop:
@@ -183,7 +184,9 @@ class Manager:
                 elif not self.tasks:
                     log.info("wq: drained, nothing running: exiting")
                     break
-                self.promote()
+                if self.queued and now - last_promote >= 0.5:
+                    self.promote()
+                    last_promote = now
                 if now - last_beat >= 1.0:
                     self.heartbeat()
                     last_beat = now
@@ -191,7 +194,7 @@ class Manager:
                     # WorkQueue.wait() returns at once when it holds no task; it still does its housekeeping
                     # (accepting workers, catalog updates), then poll the table instead of spinning
                     self.q.wait(0)
-                    time.sleep(0.2)
+                    time.sleep(0.05)
                     continue
                 t = self.q.wait(1)
                 if t is not None:
@@ -226,6 +229,7 @@ class Manager:
                 task = self.make_task(r)
                 tid = self.q.submit(task)
                 self.tasks[tid] = (r["cluster"], r["proc"])
+                self.rows[tid] = r
                 self.queued[tid] = (r["cluster"], r["proc"])
                 # still idle (as HTCondor would say) until a worker runs it
                 self.table.db.execute("UPDATE jobs SET task_id = ? WHERE cluster = ? AND proc = ?",
@@ -251,13 +255,13 @@ class Manager:
             self.table.db.execute("ROLLBACK")
             raise
 
-    def _mark_running(self, tid: int, key: Tuple[int, int]) -> None:
+    def _mark_running(self, tid: int, key: Tuple[int, int], row: Any = None) -> None:
         self.queued.pop(tid, None)
         self.table.db.execute("UPDATE jobs SET status = ?, entered = ?, starts = starts + 1 WHERE cluster = ? AND proc = ? "
                               "AND status = ?", (RUNNING, int(time.time()), key[0], key[1], IDLE))
-        rows = self.table.rows("cluster = ? AND proc = ?", key)
-        if rows and rows[0]["log"]:
-            userlog.event(rows[0]["log"], 1, key[0], key[1], "Job executing on host: <127.0.0.1:%d>" % self.port)
+        row = row if row is not None else self.rows.get(tid)
+        if row is not None and row["log"]:
+            userlog.event(row["log"], 1, key[0], key[1], "Job executing on host: <127.0.0.1:%d>" % self.port)
 
     def make_task(self, r: Any) -> Any:
         wq = self.wq
@@ -299,31 +303,25 @@ class Manager:
         key = self.tasks.pop(t.id, None)
         if key is None:
             return
+        r = self.rows.pop(t.id)
         if t.id in self.queued:
-            self._mark_running(t.id, key)
+            self._mark_running(t.id, key, r)
         cluster, proc = key
-        rows = self.table.rows("cluster = ? AND proc = ?", key)
-        if not rows:
-            return
-        r = rows[0]
         self.stats["completed"] += 1
-        if r["remove_requested"]:
-            self.table.update(cluster, proc, task_id=None)
-            return
         if t.result != self.wq.WORK_QUEUE_RESULT_SUCCESS:
             failures = r["failures"] + 1
             what = "Work Queue task failed (result %s)" % t.result
             if failures > self.o.max_retries:
-                self.table.update(cluster, proc, status=HELD, task_id=None, failures=failures, holds=r["holds"] + 1,
+                self.table.update(cluster, proc, unless_removed=True, status=HELD, task_id=None, failures=failures, holds=r["holds"] + 1,
                                   hold_reason="%s %d times" % (what, failures), hold_subcode=0)
             else:
                 log.warning("wq: %d.%d: %s; retry %d of %d", cluster, proc, what, failures, self.o.max_retries)
-                self.table.update(cluster, proc, status=IDLE, task_id=None, failures=failures,
+                self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, failures=failures,
                                   not_before=time.time() + min(300.0, 2.0 ** failures))
             return
         code = t.return_status
         if r["kind"] == "pilot":
-            self.table.update(cluster, proc, status=COMPLETED, task_id=None, exit_code=code)
+            self.table.update(cluster, proc, unless_removed=True, status=COMPLETED, task_id=None, exit_code=code)
             if r["log"]:
                 userlog.terminated(r["log"], cluster, proc, code)
             return
@@ -333,19 +331,19 @@ class Manager:
         cluster, proc = r["cluster"], r["proc"]
         now = time.time()
         if code == C.EXIT_DONE:
-            self.table.update(cluster, proc, status=COMPLETED, task_id=None, exit_code=code)
+            self.table.update(cluster, proc, unless_removed=True, status=COMPLETED, task_id=None, exit_code=code)
         elif code in (C.EXIT_CHECKPOINTED, C.EXIT_PAYLOAD_FAILED):
-            self.table.update(cluster, proc, status=IDLE, task_id=None, exit_code=code, not_before=0)
+            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=0)
         elif code == C.EXIT_TEMPFAIL:
-            self.table.update(cluster, proc, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
+            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
         elif code in (C.EXIT_CONFIG, C.EXIT_CRASHLOOP):
             reason = "persistjob exit %d: %s" % (code, self._last_error(cluster, proc))
             holds = r["holds"] + 1
-            self.table.update(cluster, proc, status=HELD, task_id=None, exit_code=code, hold_reason=reason,
+            self.table.update(cluster, proc, unless_removed=True, status=HELD, task_id=None, exit_code=code, hold_reason=reason,
                               hold_subcode=code, holds=holds,
                               not_before=now + self.o.release_base * 2 ** (holds - 1))
         else:
-            self.table.update(cluster, proc, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
+            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
 
     def _last_error(self, cluster: int, proc: int) -> str:
         try:
@@ -377,6 +375,7 @@ class Manager:
             self.q.cancel_by_taskid(tid)
             self.queued.pop(tid, None)
             self.tasks.pop(tid, None)
+            self.rows.pop(tid, None)
             self.table.db.execute("UPDATE jobs SET task_id = NULL WHERE cluster = ? AND proc = ?", key)
 
     def cancel_removed(self) -> None:
@@ -386,6 +385,7 @@ class Manager:
                 self.q.cancel_by_taskid(tid)
                 self.tasks.pop(tid, None)
                 self.queued.pop(tid, None)
+                self.rows.pop(tid, None)
             self.table.update(r["cluster"], r["proc"], task_id=None)
             if r["log"]:
                 userlog.event(r["log"], 9, r["cluster"], r["proc"], "Job was aborted.\n\tvia condor_rm")

@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import userlog
 from .state import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable, default_work_dir, iter_ads
@@ -581,15 +581,15 @@ def condor_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = s
         return 0
     if schedd:
         out.write("\nName%s Machine    RunningJobs   IdleJobs   HeldJobs\n\n" % (" " * 20))
-        for a in ads:
-            out.write("%-24s %-10s %11d %10d %10d\n" % (a["Name"], a["Name"], a["TotalRunningJobs"], a["TotalIdleJobs"],
-                                                       a["TotalHeldJobs"]))
+        for sad in ads:
+            out.write("%-24s %-10s %11d %10d %10d\n" % (sad["Name"], sad["Name"], sad["TotalRunningJobs"],
+                                                       sad["TotalIdleJobs"], sad["TotalHeldJobs"]))
         out.write("\n%24s %11s %10s %10s\n\n" % ("", "RunningJobs", "IdleJobs", "HeldJobs"))
-        out.write("%24s %11d %10d %10d\n" % ("Total", sum(a["TotalRunningJobs"] for a in ads),
-                                            sum(a["TotalIdleJobs"] for a in ads), sum(a["TotalHeldJobs"] for a in ads)))
+        out.write("%24s %11d %10d %10d\n" % ("Total", sum(x["TotalRunningJobs"] for x in ads),
+                                            sum(x["TotalIdleJobs"] for x in ads), sum(x["TotalHeldJobs"] for x in ads)))
         return 0
-    for a in ads:
-        out.write("%s %s\n" % (a["Name"], a.get("Activity", "")))
+    for sad in ads:
+        out.write("%s %s\n" % (sad["Name"], sad.get("Activity", "")))
     return 0
 
 
@@ -598,7 +598,7 @@ def _worker_ad(info: Dict[str, Any], w: Dict[str, Any]) -> Dict[str, Any]:
             "Cpus": w.get("cores", 1)}
 
 
-SHIMS = {"condor_submit": condor_submit, "condor_q": condor_q, "condor_rm": condor_rm, "condor_status": condor_status}
+SHIMS: Dict[str, Callable[..., int]] = {"condor_submit": condor_submit, "condor_q": condor_q, "condor_rm": condor_rm, "condor_status": condor_status}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -105,11 +105,18 @@ class JobTable:
             % (REMOVED, IDLE, RUNNING, HELD, where), (now, *params))
         return cur.rowcount
 
-    def update(self, cluster: int, proc: int, **fields: Any) -> None:
+    def update(self, cluster: int, proc: int, unless_removed: bool = False, **fields: Any) -> bool:
+        """Update one job; with ``unless_removed``, leave a job that condor_rm marked alone (but for its task)."""
         if "status" in fields and "entered" not in fields:
             fields["entered"] = int(time.time())
         cols = ", ".join("%s = ?" % k for k in fields)
-        self.db.execute("UPDATE jobs SET %s WHERE cluster = ? AND proc = ?" % cols, (*fields.values(), cluster, proc))
+        cond = " AND remove_requested = 0" if unless_removed else ""
+        cur = self.db.execute("UPDATE jobs SET %s WHERE cluster = ? AND proc = ?%s" % (cols, cond),
+                              (*fields.values(), cluster, proc))
+        if unless_removed and cur.rowcount == 0:
+            self.db.execute("UPDATE jobs SET task_id = NULL WHERE cluster = ? AND proc = ?", (cluster, proc))
+            return False
+        return True
 
     # -- reads
     def rows(self, where: str = "1", params: Sequence[Any] = (), limit: Optional[int] = None) -> List[sqlite3.Row]:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import ConfigError
 
@@ -101,6 +101,10 @@ def _pidfile(w: WorkerEnv, role: str, index: int) -> str:
     return os.path.join(w.workdir, "%s-%d.pid" % (role, index))
 
 
+def _supervisor_pidfile(w: WorkerEnv, role: str, first: int) -> str:
+    return os.path.join(w.workdir, "%s-supervisor-%d.pid" % (role, first))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -115,152 +119,216 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def running(w: WorkerEnv, role: str) -> List[Tuple[int, int]]:
-    """(index, supervisor pid) of the live supervisors of a role, from their PID files."""
-    out = []
+def _read_pids(w: WorkerEnv, prefix: str) -> List[Tuple[int, int, str]]:
+    """(index, pid, path) of PID files ``prefix<index>.pid`` whose process is alive; stale files are removed."""
+    out: List[Tuple[int, int, str]] = []
     if not os.path.isdir(w.workdir):
         return out
     for name in sorted(os.listdir(w.workdir)):
-        if name.startswith(role + "-") and name.endswith(".pid"):
+        if not (name.startswith(prefix) and name.endswith(".pid")):
+            continue
+        idx = name[len(prefix):-4]
+        if not idx.isdigit():
+            continue
+        path = os.path.join(w.workdir, name)
+        try:
+            with open(path) as f:
+                pid = int(f.read().split()[0])
+        except (ValueError, OSError, IndexError):
+            continue
+        if _alive(pid):
+            out.append((int(idx), pid, path))
+        else:
             try:
-                idx = int(name[len(role) + 1:-4])
-                with open(os.path.join(w.workdir, name)) as f:
-                    pid = int(f.read().split()[0])
-            except (ValueError, OSError, IndexError):
-                continue
-            if _alive(pid):
-                out.append((idx, pid))
-            else:
-                try:
-                    os.unlink(os.path.join(w.workdir, name))
-                except OSError:
-                    pass
+                os.unlink(path)
+            except OSError:
+                pass
     return out
 
 
+def running(w: WorkerEnv, role: str) -> List[Tuple[int, int]]:
+    """(index, pid) of the live foremen or workers, from their PID files."""
+    return [(i, pid) for i, pid, _ in _read_pids(w, role + "-")]
+
+
 def start(w: WorkerEnv, role: str, count: int) -> int:
+    """Start the missing ones of ``count`` foremen or workers under one supervisor process."""
     _binary()
     os.makedirs(w.workdir, exist_ok=True)
     have = {i for i, _ in running(w, role)}
-    started = 0
-    for i in range(count):
-        if i in have:
-            continue
-        log = open(os.path.join(w.workdir, "%s-%d.log" % (role, i)), "ab")
-        p = subprocess.Popen([sys.executable, "-m", "persistjob", "wq", "workers", "supervise", "--role", role,
-                              "--index", str(i)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True, env=dict(os.environ, WQ_WORKDIR=w.workdir))
+    supervised: Set[int] = set()
+    for first, _pid, path in _read_pids(w, role + "-supervisor-"):
+        try:
+            with open(path) as f:
+                supervised.update(int(x) for x in f.read().split()[1:])
+        except (OSError, ValueError):
+            pass
+    todo = [i for i in range(count) if i not in have and i not in supervised]
+    if todo:
+        log = open(os.path.join(w.workdir, "%s-supervisor-%d.log" % (role, todo[0])), "ab")
+        subprocess.Popen([sys.executable, "-m", "persistjob", "wq", "workers", "supervise", "--role", role,
+                          "--index", ",".join(map(str, todo))], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, env=dict(os.environ, WQ_WORKDIR=w.workdir))
         log.close()
-        with open(_pidfile(w, role, i), "w") as f:
-            f.write("%d\n" % p.pid)
-        started += 1
-    print("%s: %d started, %d already running (%s)" % (_plural(role), started, len(have), w.workdir))
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not os.path.exists(_supervisor_pidfile(w, role, todo[0])):
+            time.sleep(0.05)
+    print("%s: %d started, %d already running (%s)" % (_plural(role), len(todo), count - len(todo), w.workdir))
     return 0
 
 
 def stop(w: WorkerEnv, role: str, timeout: float = 30.0) -> int:
-    procs = running(w, role)
-    for _, pid in procs:
+    n = len(running(w, role))
+    sups = _read_pids(w, role + "-supervisor-")
+    for _, pid, _ in sups:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     end = time.monotonic() + timeout
-    while time.monotonic() < end and any(_alive(pid) for _, pid in procs):
+    while time.monotonic() < end and any(_alive(pid) for _, pid, _ in sups):
         time.sleep(0.2)
-    for idx, pid in procs:
+    for _, pid, path in sups:
         if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            os.kill(pid, signal.SIGKILL)
         try:
-            os.unlink(_pidfile(w, role, idx))
+            os.unlink(path)
         except OSError:
             pass
-    print("%s: %d stopped" % (_plural(role), len(procs)))
+    for i, pid in running(w, role):  # children of a supervisor that was killed
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    print("%s: %d stopped" % (_plural(role), n))
     return 0
 
 
-class Supervisor:
-    """Runs one foreman or worker; respawns it with backoff; single-task emulation."""
+class _Child:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: Optional[subprocess.Popen] = None
+        self.started = 0.0
+        self.backoff = 1.0
+        self.next_start = 0.0
+        self.done = False
+        self.debug: Optional[str] = None
+        self.pos = 0
+        self.received: set = set()
+        self.acked: set = set()
 
-    def __init__(self, w: WorkerEnv, role: str, index: int) -> None:
+
+class Supervisor:
+    """Runs a set of foremen or workers; respawns each with backoff; single-task emulation."""
+
+    def __init__(self, w: WorkerEnv, role: str, indices: List[int]) -> None:
         self.w = w
         self.role = role
-        self.index = index
+        self.children = [_Child(i) for i in indices]
         self.stopping = False
-        self.child: Optional[subprocess.Popen] = None
 
     def _term(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        if self.child is not None and self.child.poll() is None:
-            self.child.terminate()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._term)
         signal.signal(signal.SIGINT, self._term)
-        with open(_pidfile(self.w, self.role, self.index), "w") as f:
-            f.write("%d\n" % os.getpid())
-        backoff = 1.0
-        while not self.stopping:
-            if os.path.exists(self.w.drain):
-                print("drain file %s exists: not starting" % self.w.drain, flush=True)
-                break
-            debug = None
-            if self.w.singletask or self.w.debug:
-                debug = os.path.join(self.w.workdir, "%s-%d.debug" % (self.role, self.index))
-                if os.path.exists(debug):
-                    os.unlink(debug)
-            cmd = worker_command(self.w, self.role, self.index, debug)
-            os.makedirs(os.path.join(self.w.workdir, "%s-%d" % (self.role, self.index)), exist_ok=True)
-            t0 = time.monotonic()
-            self.child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-            print("started %s (pid %d)" % (" ".join(cmd), self.child.pid), flush=True)
-            if self.w.singletask and self.role == "worker":
-                self._single_task(debug or "")
-            rc = self.child.wait()
-            print("%s %d exited %d after %.0fs" % (self.role, self.index, rc, time.monotonic() - t0), flush=True)
-            if self.stopping or self.w.norespawn:
-                break
-            backoff = 1.0 if time.monotonic() - t0 > 60 else min(backoff * 2, 60.0)
-            end = time.monotonic() + backoff
-            while not self.stopping and time.monotonic() < end:
-                time.sleep(0.2)
+        mine = _supervisor_pidfile(self.w, self.role, self.children[0].index)
+        with open(mine, "w") as f:
+            f.write("%d %s\n" % (os.getpid(), " ".join(str(c.index) for c in self.children)))
         try:
-            os.unlink(_pidfile(self.w, self.role, self.index))
-        except OSError:
-            pass
+            while not self.stopping and not all(c.done for c in self.children):
+                now = time.monotonic()
+                for c in self.children:
+                    self._tend(c, now)
+                time.sleep(0.05 if self.w.singletask else 0.5)
+        finally:
+            for c in self.children:
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.terminate()
+            for c in self.children:
+                if c.proc is not None:
+                    try:
+                        c.proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        c.proc.kill()
+                        c.proc.wait()
+                self._forget(c)
+            try:
+                os.unlink(mine)
+            except OSError:
+                pass
         return 0
 
-    def _single_task(self, debug: str) -> None:
-        """Stop the worker once the manager has acknowledged every task it received."""
-        assert self.child is not None
-        received, acked = set(), set()
-        pos = 0
-        while self.child.poll() is None and not self.stopping:
-            try:
-                with open(debug, errors="replace") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            except FileNotFoundError:
-                chunk = ""
-            for line in chunk.splitlines():
-                if "rx from manager: task " in line:
-                    received.add(line.rsplit(" ", 1)[1])
-                elif "rx from manager: kill " in line:
-                    acked.add(line.rsplit(" ", 1)[1])
-            if acked:
-                # The manager acknowledged the first result; it may already have sent the next task in the same
-                # breath: stopping the worker now returns that one to the manager's queue (Work Queue requeues
-                # tasks of a worker that leaves), so this worker completes exactly one task.
-                extra = received - acked
-                print("single task: %s done and acknowledged; stopping the worker%s" % (
-                    ",".join(sorted(acked)), " (returning %s)" % ",".join(sorted(extra)) if extra else ""), flush=True)
-                self.child.terminate()
+    def _forget(self, c: _Child) -> None:
+        try:
+            os.unlink(_pidfile(self.w, self.role, c.index))
+        except OSError:
+            pass
+
+    def _tend(self, c: _Child, now: float) -> None:
+        if c.done:
+            return
+        if c.proc is not None:
+            rc = c.proc.poll()
+            if rc is None:
+                if self.w.singletask and self.role == "worker":
+                    self._single_task(c)
                 return
-            time.sleep(0.02)
+            print("%s %d exited %d after %.0fs" % (self.role, c.index, rc, now - c.started), flush=True)
+            c.proc = None
+            self._forget(c)
+            if self.w.norespawn:
+                c.done = True
+                return
+            c.backoff = 1.0 if now - c.started > 60 else min(c.backoff * 2, 60.0)
+            c.next_start = now + c.backoff
+            return
+        if now < c.next_start:
+            return
+        if os.path.exists(self.w.drain):
+            print("drain file %s exists: not starting %s %d" % (self.w.drain, self.role, c.index), flush=True)
+            c.done = True
+            return
+        c.debug = None
+        if self.w.singletask or self.w.debug:
+            c.debug = os.path.join(self.w.workdir, "%s-%d.debug" % (self.role, c.index))
+            if os.path.exists(c.debug):
+                os.unlink(c.debug)
+        c.pos, c.received, c.acked = 0, set(), set()
+        cmd = worker_command(self.w, self.role, c.index, c.debug)
+        os.makedirs(os.path.join(self.w.workdir, "%s-%d" % (self.role, c.index)), exist_ok=True)
+        c.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        c.started = now
+        with open(_pidfile(self.w, self.role, c.index), "w") as f:
+            f.write("%d\n" % c.proc.pid)
+        print("started %s (pid %d)" % (" ".join(cmd), c.proc.pid), flush=True)
+
+    def _single_task(self, c: _Child) -> None:
+        """Stop the worker once the manager has acknowledged its first result."""
+        assert c.proc is not None and c.debug is not None
+        try:
+            with open(c.debug, errors="replace") as f:
+                f.seek(c.pos)
+                chunk = f.read()
+                c.pos = f.tell()
+        except FileNotFoundError:
+            return
+        for line in chunk.splitlines():
+            if "rx from manager: task " in line:
+                c.received.add(line.rsplit(" ", 1)[1])
+            elif "rx from manager: kill " in line:
+                c.acked.add(line.rsplit(" ", 1)[1])
+        if c.acked:
+            # The manager acknowledged the first result; it may have sent the next task in the same breath:
+            # stopping the worker now returns that one to the manager's queue (Work Queue requeues the tasks
+            # of a worker that leaves), so this worker completes exactly one task.
+            extra = c.received - c.acked
+            print("single task: %s done and acknowledged; stopping %s %d%s" % (
+                ",".join(sorted(c.acked)), self.role, c.index,
+                " (returning %s)" % ",".join(sorted(extra)) if extra else ""), flush=True)
+            c.proc.terminate()
+            c.acked = set()
 
 
 def count(w: WorkerEnv) -> int:
@@ -297,7 +365,7 @@ def via_condor(w: WorkerEnv, n: int) -> int:
 def main(action: str, a: Any) -> int:
     w = WorkerEnv.from_environ()
     if action == "supervise":
-        return Supervisor(w, a.role, a.index).run()
+        return Supervisor(w, a.role, [int(x) for x in str(a.index).split(",")]).run()
     if a.via == "condor":
         if action != "start-workers":
             raise ConfigError("--via condor goes with start-workers (remove them with condor_rm)")
