@@ -1,8 +1,8 @@
 """Storage backends built from URLs.
 
 ``get_backend(url)`` asks a chain of factories; each returns ``None`` when
-the scheme is not its own.  gfal2 (``root://``, ``davs://``, ``srm://``)
-plugs in here as one more factory.
+the scheme is not its own: ``file://``, ``s3://``, and gfal2's ``root://``,
+``davs://``, ``https://``, ``srm://``.
 """
 
 from typing import Callable, List, Optional
@@ -28,7 +28,15 @@ def _s3(url: str) -> Optional[Backend]:
     return s3.from_url(url)
 
 
-FACTORIES: List[Callable[[str], Optional[Backend]]] = [_posix, _s3]
+def _gfal(url: str) -> Optional[Backend]:
+    if url.split("://", 1)[0] not in ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm"):
+        return None
+    from . import gfal  # gfal2 is imported only when a grid store is used
+
+    return gfal.from_url(url)
+
+
+FACTORIES: List[Callable[[str], Optional[Backend]]] = [_posix, _s3, _gfal]
 
 
 def get_backend(url: str) -> Backend:
@@ -37,4 +45,4 @@ def get_backend(url: str) -> Backend:
         backend = factory(url)
         if backend is not None:
             return backend
-    raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://)" % scheme)
+    raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://, root://, davs://, https://, srm://)" % scheme)
