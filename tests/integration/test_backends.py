@@ -7,6 +7,14 @@ import pytest
 
 from persistjob.checkpoint import Checkpointer, JobLog, collect_garbage
 from persistjob.errors import Fenced, ObjectExists, ObjectNotFound
+from tests.conftest import make_store
+
+
+@pytest.fixture(params=["file", "s3", pytest.param("root", marks=pytest.mark.xrootd),
+                        pytest.param("http", marks=pytest.mark.xrootd)])
+def store(request, tmp_path):
+    """The one storage suite, over every backend: file, S3 (SeaweedFS), root:// and http:// (xrootd)."""
+    return make_store(request, tmp_path, request.param)
 
 
 def test_contract(store):
@@ -52,8 +60,14 @@ def test_create_if_absent_race(store):
         t.start()
     for t in threads:
         t.join()
-    assert len(wins) == 1 and len(losses) == 7
-    assert b.get("race/key") == b"%d" % wins[0]
+    if b.atomic_create:
+        assert len(wins) == 1 and len(losses) == 7
+        assert b.get("race/key") == b"%d" % wins[0]
+    else:
+        # WebDAV on a server that ignores Overwrite: F (XrdHttp): the stored object is whole and is one
+        # winner's; more than one writer may believe it won (see test_xrootd.py for the measured rate)
+        assert wins and len(wins) + len(losses) == 8
+        assert b.get("race/key") in [b"%d" % i for i in wins]
 
 
 def test_log_fencing(store):
