@@ -320,7 +320,7 @@ def from_url(url: str) -> Optional[Backend]:
     if not u.hostname:
         raise InvalidURL("malformed store URL %r: no host" % url)
     if u.query:
-        q = dict(p.split("=", 1) if "=" in p else (p, "") for p in u.query.split("&"))
+        q = dict(p.partition("=")[::2] for p in u.query.split("&"))
         unknown = set(q) - {"checksum"}
         if unknown:
             raise InvalidURL("gfal2 store: unknown URL parameter(s) %s" % ", ".join(sorted(unknown)))
