@@ -84,7 +84,9 @@ def test_safe_keys():
                                      ("s3://bucket/x?secret_key=abc", "secrets do not belong"),
                                      ("s3://bucket/x?colour=red", "unknown URL parameter"),
                                      ("s3://bucket/x?addressing=sideways", "addressing"),
-                                     ("file:///tmp/x?fsync=0&bogus=1", "unknown URL parameter")])
+                                     ("file:///tmp/x?fsync=0&bogus=1", "unknown URL parameter"),
+                                     ("root://127.0.0.1:1//x?bogus=1", "unknown URL parameter"),
+                                     ("root:///nohost", "no host"), ("gopher://h/x", "unsupported")])
 def test_bad_urls(url, msg):
     with pytest.raises(E.InvalidURL, match=msg):
         get_backend(url)
