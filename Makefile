@@ -15,13 +15,18 @@ PY39 ?= $(shell command -v python3.9 2>/dev/null || ls /root/.pyenv/versions/3.9
 # Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
 # xrootd and gfal2 (grid storage), iproute2 (ss, to check that nothing leaves this machine),
 # debootstrap (the HTCondor sandbox).
+# boinc-client: its package would start a system BOINC daemon that phones out; a policy-rc.d
+# forbids service starts during the install.
 DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap xrootd-server xrootd-client \
-	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file
+	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }
 	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); fi
+		made=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+		chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); \
+		rc=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && apt-get install -y --no-install-recommends python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
