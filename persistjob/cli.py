@@ -606,6 +606,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("gfal2").setLevel(logging.ERROR)  # e.g. Davix looking for an X509 proxy on plain http
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

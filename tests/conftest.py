@@ -150,3 +150,32 @@ def records(store: Store, jid: str) -> List:
 
 def error_lines(stderr: str) -> List[str]:
     return [line for line in stderr.splitlines() if "error:" in line]
+
+
+def two_wrappers_at_once(store: "Store", tmp_path) -> None:
+    """Two wrappers started at once with one job ID: exactly one keeps running and commits, the other
+    exits 75 (fenced) without writing a commit."""
+    import signal
+
+    from persistjob import constants as C
+
+    jid = job_id()
+    args = ["--job-id", jid, "--store", store.url, "--interval", "1s", "--lifetime", "60s", "--lease-check", "1s"]
+    procs = [store.popen("run", *args, "--checkpoint-dir", str(tmp_path / ("ck%d" % i)), "--", sys.executable, COUNTER,
+                         "--quiet") for i in range(2)]
+    try:
+        loser = wait_for(lambda: [p for p in procs if p.poll() is not None], 30, "one wrapper to stop")[0]
+        winner = [p for p in procs if p is not loser][0]
+        assert loser.returncode == C.EXIT_TEMPFAIL
+        lerr = loser.stderr.read()
+        assert "fenced:" in lerr and "Traceback" not in lerr
+        time.sleep(3)
+        assert winner.poll() is None, "the winner must keep running"
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(timeout=60) == C.EXIT_CHECKPOINTED
+    finally:
+        for p in procs:
+            stop_group(p)
+    recs = records(store, jid)
+    assert {r.data["pid"] for r in recs if r.kind in ("commit", "end")} == {winner.pid}, "only the survivor commits"
+    assert [r.seq for r in recs] == list(range(1, len(recs) + 1))

@@ -35,6 +35,33 @@ def free_ports(n: int) -> List[int]:
     return ports
 
 
+def stop_session(proc: Optional[subprocess.Popen], timeout: float = 20.0) -> None:
+    """Stop a server we started in its own session: SIGTERM to the session, then SIGKILL."""
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def local_addresses() -> set:
+    """The addresses of this machine's interfaces (ip -o addr), loopback included."""
+    out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    return {line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3} | {"127.0.0.1", "::1"}
+
+
+def is_local_peer(peer: str, local: set) -> bool:
+    """Whether an ss peer column ('1.2.3.4:80', '[::1]:9', '[::ffff:127.0.0.1]:1') is this machine."""
+    host = peer.rsplit(":", 1)[0].strip("[]").replace("::ffff:", "")
+    return host.startswith("127.") or host in local
+
+
 def weed_binary() -> Optional[str]:
     cand = os.path.join(sysconfig.get_path("scripts"), "weed")
     if os.path.exists(cand):
@@ -130,17 +157,8 @@ class SeaweedFS:
 
     def stop(self) -> None:
         """Stop the server we started, by PID (its whole session)."""
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self.proc = None
+        stop_session(self.proc)
+        self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
@@ -228,17 +246,8 @@ class XRootD:
         raise RuntimeError("xrootd not listening after %.0fs" % timeout)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            self.proc = None
+        stop_session(self.proc)
+        self.proc = None
 
     def restart(self) -> None:
         self.start()

@@ -48,7 +48,8 @@ for _k, _v in (("XRD_CONNECTIONRETRY", "1"), ("XRD_CONNECTIONWINDOW", "5"), ("XR
 
 _RETRYABLE = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
               errno.EAGAIN, errno.EIO, errno.ECOMM, errno.ECONNABORTED, errno.EPIPE, errno.ENOTCONN, errno.EBUSY,
-              errno.ENOSPC, 112}  # 112: EHOSTDOWN, what gfal2's http plugin reports for a refused connection
+              errno.ENOSPC, errno.EDEADLK,  # EDEADLK: xrootd, two writers opening one file at once
+              112}  # 112: EHOSTDOWN, what gfal2's http plugin reports for a refused connection
 
 
 def _import(name: str) -> Any:
@@ -190,10 +191,7 @@ class GfalBackend(Backend):
             self._verify(tmp, data)
             self._call(key, self.ctx.rename, tmp, url)
         except BaseException:
-            try:
-                self.ctx.unlink(tmp)
-            except Exception:
-                pass
+            self._discard(tmp)
             raise
 
     def put_if_absent(self, key: str, data: bytes) -> None:
@@ -208,13 +206,16 @@ class GfalBackend(Backend):
         try:
             self._move_no_overwrite(tmp, url, key)
         except BaseException:
-            try:
-                self.ctx.unlink(tmp)
-            except Exception:
-                pass
+            self._discard(tmp)
             raise
         if self.get(key) != data:  # a server that ignored Overwrite: F let another writer replace us
             raise ObjectExists(key)
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            self.ctx.unlink(tmp)
+        except Exception:  # best effort: temporaries are hidden from listings anyway
+            pass
 
     def _move_no_overwrite(self, src: str, dst: str, key: str) -> None:
         if self.scheme not in ("davs", "dav", "https", "http"):

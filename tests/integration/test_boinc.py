@@ -7,19 +7,14 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from tests.conftest import REPO
+from tests.servers import is_local_peer, local_addresses
 
 pytestmark = pytest.mark.boinc
 LAUNCHER = os.path.join(REPO, "examples", "boinc", "boinc_launcher.py")
-
-
-def _local_addresses():
-    out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
-    return {line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3} | {"::1"}
 
 
 class ConnectionWatch(threading.Thread):
@@ -27,7 +22,7 @@ class ConnectionWatch(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.local = _local_addresses()
+        self.local = local_addresses()
         self.bad = []
         self.samples = 0
         self.stop = threading.Event()
@@ -39,9 +34,7 @@ class ConnectionWatch(threading.Thread):
             for line in out.splitlines():
                 if "boinc" not in line:
                     continue
-                parts = line.split()
-                host = parts[4].rsplit(":", 1)[0].strip("[]").replace("::ffff:", "")
-                if not (host.startswith("127.") or host in self.local):
+                if not is_local_peer(line.split()[4], self.local):
                     self.bad.append(line)
             self.stop.wait(0.3)
 

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import COUNTER, REPO, clean_env, wait_for
-from tests.servers import free_ports
+from tests.servers import free_ports, is_local_peer, local_addresses
 
 pytestmark = pytest.mark.workqueue
 
@@ -382,25 +382,11 @@ def test_persistent_task_bad_store_is_held(site, tmp_path):
     assert reason.startswith("persistjob exit 75") or reason.startswith("persistjob exit 78") or "exit" in reason
 
 
-def _local_addresses():
-    out = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
-    return {line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3}
-
-
 def _no_external_connections():
     """TCP connections whose peer is not an address of this machine (ss -tnp)."""
-    local = _local_addresses() | {"127.0.0.1", "::1"}
+    local = local_addresses()
     out = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True).stdout
-    bad = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 5:
-            host = parts[4].rsplit(":", 1)[0].strip("[]")
-            if host.startswith("::ffff:"):
-                host = host[7:]
-            if not (host.startswith("127.") or host in local):
-                bad.append(line)
-    return bad
+    return [line for line in out.splitlines() if len(line.split()) >= 5 and not is_local_peer(line.split()[4], local)]
 
 
 def test_catalog_reporting_only_when_asked(tmp_path):

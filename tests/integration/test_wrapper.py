@@ -12,7 +12,7 @@ import pytest
 
 from persistjob import constants as C
 from persistjob.checkpoint import JobLog, job_key
-from tests.conftest import COUNTER, REPO, error_lines, job_id, records, stop_group, wait_for
+from tests.conftest import two_wrappers_at_once, COUNTER, REPO, error_lines, job_id, records, stop_group, wait_for
 
 PY = sys.executable
 CHURN = os.path.join(REPO, "tests", "payloads", "churn.py")
@@ -69,27 +69,7 @@ def test_crash_loop_held(store):
 
 
 def test_two_wrappers_at_once(store, tmp_path):
-    jid = job_id()
-    args = ["--job-id", jid, "--store", store.url, "--interval", "1s", "--lifetime", "60s", "--lease-check", "1s"]
-    procs = [store.popen("run", *args, "--checkpoint-dir", str(tmp_path / ("ck%d" % i)), "--", PY, COUNTER, "--quiet")
-             for i in range(2)]
-    try:
-        loser = wait_for(lambda: [p for p in procs if p.poll() is not None], 30, "one wrapper to stop")[0]
-        winner = [p for p in procs if p is not loser][0]
-        assert loser.returncode == C.EXIT_TEMPFAIL
-        lerr = loser.stderr.read()
-        assert "fenced:" in lerr and "Traceback" not in lerr
-        time.sleep(3)
-        assert winner.poll() is None, "the winner must keep running"
-        winner.send_signal(signal.SIGTERM)
-        assert winner.wait(timeout=60) == C.EXIT_CHECKPOINTED
-    finally:
-        for p in procs:
-            stop_group(p)
-    recs = records(store, jid)
-    writers = {r.data["pid"] for r in recs if r.kind in ("commit", "end")}
-    assert writers == {winner.pid}, "only the survivor commits"
-    assert [r.seq for r in recs] == list(range(1, len(recs) + 1))
+    two_wrappers_at_once(store, tmp_path)
 
 
 def _consistent_state(path):

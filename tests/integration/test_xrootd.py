@@ -13,7 +13,7 @@ import pytest
 
 from persistjob import constants as C
 from persistjob.errors import ObjectExists
-from tests.conftest import COUNTER, Store, job_id, records, stop_group, wait_for
+from tests.conftest import two_wrappers_at_once, COUNTER, Store, job_id, records, stop_group, wait_for
 from tests.servers import XRootD
 
 pytestmark = pytest.mark.xrootd
@@ -36,23 +36,7 @@ def test_wrapper_resumes_across_runs_on_root(root_store):
 
 
 def test_two_wrappers_at_once_on_root(root_store, tmp_path):
-    jid = job_id()
-    args = ["--job-id", jid, "--store", root_store.url, "--interval", "1s", "--lifetime", "60s", "--lease-check", "1s"]
-    procs = [root_store.popen("run", *args, "--checkpoint-dir", str(tmp_path / ("ck%d" % i)), "--", PY, COUNTER, "--quiet")
-             for i in range(2)]
-    try:
-        loser = wait_for(lambda: [p for p in procs if p.poll() is not None], 30, "one wrapper to stop")[0]
-        winner = [p for p in procs if p is not loser][0]
-        assert loser.returncode == C.EXIT_TEMPFAIL and "fenced:" in loser.stderr.read()
-        time.sleep(3)
-        assert winner.poll() is None
-        winner.send_signal(signal.SIGTERM)
-        assert winner.wait(timeout=60) == C.EXIT_CHECKPOINTED
-    finally:
-        for p in procs:
-            stop_group(p)
-    recs = records(root_store, jid)
-    assert {r.data["pid"] for r in recs if r.kind in ("commit", "end")} == {winner.pid}
+    two_wrappers_at_once(root_store, tmp_path)
 
 
 def test_server_down_20s_mid_run_then_commit_succeeds(tmp_path):
