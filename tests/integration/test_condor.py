@@ -333,3 +333,28 @@ def test_wq_workers_as_persistent_condor_jobs(pool, tmp_path):
             os.kill(mpid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def test_boinc_launcher_as_a_persistent_condor_job(pool, bucket_store, tmp_path):
+    """examples/boinc on the real pool: the BOINC client (trixie's boinc-client, offline) runs, quits
+    cleanly before every commit, and keeps one host identity: md5 of the job's GlobalJobId."""
+    import hashlib
+
+    c = pool.submit("--store", bucket_store.url, "--mode", "exit-code", "--lifetime", "10s", "--vacate-grace", "30s",
+                    "--name", "boinc", "--", PY_IN, SRC_IN_CHROOT + "/examples/boinc/boinc_launcher.py", "--offline",
+                    "--checkpoint-every", "4", "--quit-timeout", "20", outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 3, 240, "three runs")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+    finally:
+        pool.rm(c)
+    runs = sorted(joblog(bucket_store, gid).runs(), key=lambda r: r["run"])
+    ended = [r for r in runs if r.get("exit_code") == 85]
+    assert len(ended) >= 2 and ended[1]["restored_generation"] == ended[0]["generation"] > 0
+    dest = tmp_path / "boinc-state"
+    r = bucket_store.cli("checkpoint", "restore", "--store", bucket_store.url, "--job-id", gid, "--dest", str(dest))
+    assert r.returncode == 0, r.stderr
+    cpid = re.findall(r"<host_cpid>([0-9a-f]+)</host_cpid>", (dest / "client_state.xml").read_text())
+    assert cpid == [hashlib.md5(gid.encode()).hexdigest()]
+    log = (dest / "stdoutdae.txt").read_text()
+    assert log.count("Initialization completed") >= 3 and log.count("Exiting") >= 3, "clean quits, state carried"
