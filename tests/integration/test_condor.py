@@ -357,4 +357,7 @@ def test_boinc_launcher_as_a_persistent_condor_job(pool, bucket_store, tmp_path)
     cpid = re.findall(r"<host_cpid>([0-9a-f]+)</host_cpid>", (dest / "client_state.xml").read_text())
     assert cpid == [hashlib.md5(gid.encode()).hexdigest()]
     log = (dest / "stdoutdae.txt").read_text()
-    assert log.count("Initialization completed") >= 3 and log.count("Exiting") >= 3, "clean quits, state carried"
+    starts = log.count("Initialization completed")
+    # state is committed only after the client quit: every start in the committed history has its clean exit,
+    # and the history spans several runs (the log travels with the state)
+    assert starts >= 2 and log.count("Exiting") == starts, log[-2000:]
