@@ -198,11 +198,6 @@ class JobLog:
             raise IntegrityError("no readable record in the job's log")
         return EMPTY
 
-    def last_seq(self) -> int:
-        """Sequence number of the newest record, readable or not."""
-        seqs = [s for s in (self._seq_of(o.key) for o in self.backend.list(self.prefix + "log/")) if s]
-        return max(seqs) if seqs else 0
-
     def append(self, prev: Record, kind: str, **changes: Any) -> Record:
         """Create record prev.seq+1, or raise Fenced if another writer took it."""
         fields = dict(prev._asdict())

@@ -90,10 +90,10 @@ def _run_options(a: argparse.Namespace, payload: Sequence[str]) -> Any:
     return RunOptions(**kw)
 
 
-def _forwarded_run_args(argv: Sequence[str]) -> List[str]:
-    """The run options of a ``local`` command line, minus local's own."""
+def _forwarded_run_args(argv: Sequence[str], skip: Sequence[str] = ("--max-runs", "--name", "--retry-delay",
+                                                                     "--checkpoint-dir")) -> List[str]:
+    """The run options of a ``local`` (or ``wq submit``) command line, minus that verb's own."""
     out: List[str] = []
-    skip = {"--max-runs", "--name", "--retry-delay", "--checkpoint-dir"}
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -359,14 +359,13 @@ def cmd_rm(a: argparse.Namespace) -> int:
     left = sched.query(ids, ["ClusterId"])
     if left:
         raise S.SchedulerError("%d removed job(s) still in the queue after %.0fs; not purging yet" % (len(left), a.wait))
-    total = 0
+    stores = S.StoreCache(60.0)
     for ad in ads:
         store = a.store or ad.get(C.ATTR_STORE)
         if not store or "$$(" in str(store):
             print("%s.%s: no store URL known; give --store to purge" % (ad["ClusterId"], ad["ProcId"]))
             continue
-        n_obj = S.purge_store(store, ad["GlobalJobId"])
-        total += n_obj
+        n_obj = S.purge_store(stores.get(store), ad["GlobalJobId"])
         print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], n_obj))
     return 0
 
@@ -402,12 +401,7 @@ def cmd_wq_submit(a: argparse.Namespace) -> int:
         raise ConfigError("--count must be at least 1")
     opts = _run_options(a, a.payload)  # validates the run options
     del opts
-    run_args = _forwarded_run_args(a.run_argv)
-    for skip in ("--count", "--work-dir", "--name"):
-        while skip in run_args:
-            i = run_args.index(skip)
-            del run_args[i:i + 2]
-    run_args = [x for x in run_args if not x.startswith(("--count=", "--work-dir=", "--name="))]
+    run_args = _forwarded_run_args(a.run_argv, skip=("--count", "--work-dir", "--name"))
     cluster = submit_persistent(_wq_work_dir(a), a.count, a.name, tuple(run_args), tuple(a.payload), getpass.getuser())
     print("%d persistent task(s) submitted to cluster %d (job IDs wq#%s#0..%d)" % (a.count, cluster, a.name, a.count - 1))
     return 0

@@ -9,6 +9,20 @@ retried.
 from . import constants as C
 
 
+def reason_from_stderr(lines: "list", default: str = "") -> str:
+    """The wrapper's one-line reason from the tail of its stderr (for hold reasons).
+
+    ``persistjob: error: REASON`` (a failure) or ``... exit N (meaning): REASON`` (an orderly end).
+    """
+    for line in reversed(lines):
+        line = line.strip()
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()
+        if " exit " in line and "): " in line:
+            return line.split("): ", 1)[1].strip()
+    return lines[-1].strip() if lines else default
+
+
 class PersistJobError(Exception):
     """persistjob failed."""
 

@@ -1,6 +1,5 @@
 """Job identity and small parsing helpers shared by CLI and wrapper."""
 
-import os
 import re
 from typing import Mapping, Optional
 
@@ -87,6 +86,3 @@ def host_and_slot(environ: Mapping[str, str]) -> str:
     slot = slot_name(environ)
     return slot or socket.gethostname()
 
-
-def abspath_from(path: str, base: Optional[str] = None) -> str:
-    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))

@@ -18,18 +18,9 @@ import time
 from typing import List, Optional, Sequence
 
 from . import constants as C
+from .errors import reason_from_stderr
 
 log = logging.getLogger("persistjob.local")
-
-
-def _last_error(lines: List[str]) -> str:
-    for line in reversed(lines):
-        line = line.strip()
-        if "error:" in line:
-            return line.split("error:", 1)[1].strip()
-        if " exit " in line and "): " in line:
-            return line.split("): ", 1)[1].strip()
-    return lines[-1].strip() if lines else ""
 
 
 def run_local(run_args: Sequence[str], payload: Sequence[str], *, name: str, max_runs: int,
@@ -78,7 +69,7 @@ def run_local(run_args: Sequence[str], payload: Sequence[str], *, name: str, max
             meaning = C.EXIT_MEANINGS.get(code, "failed")
             print("local: run %d exited %d (%s)" % (n, code, meaning), file=out, flush=True)
             if code in (C.EXIT_CONFIG, C.EXIT_CRASHLOOP):
-                print("local: job %s held: %s" % (job_id, _last_error(lines)), file=out, flush=True)
+                print("local: job %s held: %s" % (job_id, reason_from_stderr(lines)), file=out, flush=True)
                 return code
             if code == C.EXIT_DONE:
                 print("local: job %s completed" % job_id, file=out, flush=True)

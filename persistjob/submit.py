@@ -351,18 +351,31 @@ def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: floa
     return flags
 
 
-def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float) -> None:
+class StoreCache:
+    """One storage client per store URL (jobs of one submission share their store)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._stores: Dict[str, Any] = {}
+
+    def get(self, url: str) -> Any:
+        if url not in self._stores:
+            from .storage import RetryingBackend, get_backend
+
+            self._stores[url] = RetryingBackend(get_backend(url), self.timeout)
+        return self._stores[url]
+
+
+def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float, stores: StoreCache) -> None:
     """Fill the storage side of a job's view (newest commit, runs, fenced notes)."""
     from .checkpoint import JobLog
-    from .storage import RetryingBackend, get_backend
 
     gid = v.ad.get("GlobalJobId")
     if not store_url or not gid or "$$(" in store_url:
         v.store_error = "no store URL in the job ad" if not store_url or "$$(" in store_url else "no GlobalJobId"
         return
     try:
-        store = RetryingBackend(get_backend(store_url), 15.0)
-        joblog = JobLog(store, str(gid))
+        joblog = JobLog(stores.get(store_url), str(gid))
         head = joblog.head()
         v.runs = head.run
         v.generation = head.generation
@@ -401,20 +414,19 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     if constraint:
         c += " && (%s)" % constraint
     views = []
+    stores = StoreCache(15.0)
     for ad in scheduler.query(c):
         v = JobView(ad)
-        store_view(v, store_override or ad.get(C.ATTR_STORE), fenced_window, now)
+        store_view(v, store_override or ad.get(C.ATTR_STORE), fenced_window, now, stores)
         v.flags = flag_job(v, now, idle_long=idle_long, default_interval=default_interval)
         views.append(v)
     return views
 
 
-def purge_store(store_url: str, job_id: str) -> int:
+def purge_store(store: Any, job_id: str) -> int:
     """Delete every stored object of a job (``rm --purge``); return the count."""
     from .checkpoint import job_key
-    from .storage import RetryingBackend, get_backend
 
-    store = RetryingBackend(get_backend(store_url), 60.0)
     keys = [o.key for o in store.list(job_key(job_id) + "/")]
     store.delete_many(keys)
     return len(keys)

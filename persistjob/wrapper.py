@@ -402,7 +402,7 @@ class Wrapper:
             rc = self._poll()
             if rc is not None:
                 if rc == C.EXIT_CHECKPOINTED:
-                    code = self._commit_or_fence(staged=False, why="payload exited 85")
+                    code = self._commit_or_fence(staged=False)
                     if code is not None:
                         return code
                     if time.monotonic() < life_end and self.stop_reason is None:
@@ -410,7 +410,7 @@ class Wrapper:
                         continue
                     return self._end(C.EXIT_CHECKPOINTED, "lifetime over" if self.stop_reason is None else self.stop_reason)
                 if rc == 0:
-                    code = self._commit_or_fence(staged=False, why="payload finished", final=True)
+                    code = self._commit_or_fence(staged=False, final=True)
                     if code is not None:
                         return code
                     return self._end(C.EXIT_DONE, "payload finished")
@@ -501,7 +501,7 @@ class Wrapper:
         if self.info.commits % (4 * self.opts.keep) == 0:
             self._gc()
 
-    def _commit_or_fence(self, staged: bool, why: str, final: bool = False, **kw: Any) -> Optional[int]:
+    def _commit_or_fence(self, staged: bool, final: bool = False, **kw: Any) -> Optional[int]:
         """Commit; on fencing stop and return 75; on storage failure log and go on (None)."""
         try:
             self._commit(staged, **kw)
@@ -519,12 +519,12 @@ class Wrapper:
     def _periodic(self) -> Optional[int]:
         o = self.opts
         if o.mode == "freeze":
-            return self._commit_or_fence(True, "interval", frozen=lambda: self._signal_group(signal.SIGSTOP),
+            return self._commit_or_fence(True, frozen=lambda: self._signal_group(signal.SIGSTOP),
                                          resume=lambda: self._signal_group(signal.SIGCONT))
         # signal mode
         if not self._request_marker(min(o.marker_timeout, o.interval)):
             return None
-        return self._commit_or_fence(True, "interval", resume=self._clear_marker)
+        return self._commit_or_fence(True, resume=self._clear_marker)
 
     def _marker(self) -> str:
         assert self.ckpt is not None
@@ -570,14 +570,14 @@ class Wrapper:
         elif o.mode == "freeze":
             if self.proc is not None:
                 self._signal_group(signal.SIGSTOP)
-            code = self._commit_or_fence(False, reason)
+            code = self._commit_or_fence(False)
         elif o.mode == "signal":
             if self._request_marker(max(1.0, (deadline - time.monotonic()) / 2)):
-                code = self._commit_or_fence(False, reason)
+                code = self._commit_or_fence(False)
         else:  # exit-code: ask the payload to stop; commit if it left a checkpoint (85) or finished (0)
             rc = self._stop_payload(max(1.0, (deadline - time.monotonic()) / 2))
             if rc in (0, C.EXIT_CHECKPOINTED):
-                code = self._commit_or_fence(False, reason)
+                code = self._commit_or_fence(False)
         if code is not None:
             return code
         self._stop_payload(max(0.5, min(10.0, deadline - time.monotonic())))

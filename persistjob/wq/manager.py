@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from .. import constants as C
-from ..errors import ConfigError
+from ..errors import ConfigError, reason_from_stderr
 from . import userlog
 from .state import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable
 
@@ -350,13 +350,8 @@ class Manager:
             with open(os.path.join(self.out_dir, "%d.%d.err" % (cluster, proc)), errors="replace") as f:
                 lines = f.read().splitlines()
         except OSError:
-            return "see the task's error file"
-        for line in reversed(lines):
-            if "error:" in line:
-                return line.split("error:", 1)[1].strip()
-            if " exit " in line and "): " in line:
-                return line.split("): ", 1)[1].strip()
-        return lines[-1].strip() if lines else "see the task's error file"
+            lines = []
+        return reason_from_stderr(lines, "see the task's error file")
 
     def release_held(self, now: float) -> None:
         """Crash-loop holds (79) are released after backoff, up to --release-limit."""

@@ -161,7 +161,7 @@ def _backend_down(out: TextIO, info: Optional[Dict[str, Any]]) -> int:
     return 1
 
 
-def _open_table(err: TextIO) -> Optional[JobTable]:
+def _open_table() -> Optional[JobTable]:
     try:
         return JobTable(work_dir(), create=False)
     except (FileNotFoundError, OSError):
@@ -260,7 +260,7 @@ def condor_q(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.st
         return 1
     wd = work_dir()
     info = manager_info(wd)
-    table = _open_table(err)
+    table = _open_table()
     if info is None or table is None:
         return _backend_down(out, info)
     try:
@@ -425,7 +425,7 @@ def condor_submit(argv: Sequence[str], stdin: TextIO = sys.stdin, out: TextIO = 
         out.write("\n")
         err.write("ERROR: no queue statement in the submit file\n")
         return 1
-    table = _open_table(err)
+    table = _open_table()
     if table is None or manager_info(table.work_dir if table else work_dir()) is None:
         if table is not None:
             table.close()
@@ -460,7 +460,7 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
     if not argv:
         err.write("Usage: condor_rm [options] [constraints]\n")
         return 1
-    table = _open_table(err)
+    table = _open_table()
     if table is None or manager_info(table.work_dir) is None:
         if table is not None:
             table.close()
@@ -476,41 +476,30 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
                 out.write("All jobs marked for removal.\n")
                 i += 1
                 continue
+            m = re.match(r"^(\d+)(?:\.(\d+))?$", arg)
             if arg in ("-constraint", "-const"):
                 expr = argv[i + 1] if i + 1 < len(argv) else ""
-                keys = _matching(table, expr)
-                n = _remove_keys(table, keys)
-                if n:
-                    out.write("Jobs matching constraint (%s) have been marked for removal\n" % expr)
-                else:
-                    err.write("\nCouldn't find/remove all jobs matching constraint (%s)\n" % expr)
-                    rc = 1
-                i += 2
-                continue
-            m = re.match(r"^(\d+)(?:\.(\d+))?$", arg)
-            if m:
-                if m.group(2) is None:
-                    n = table.remove("cluster = ?", (int(m.group(1)),))
-                    if n:
-                        out.write("All jobs in cluster %s have been marked for removal\n" % m.group(1))
-                    else:
-                        err.write("\nCouldn't find/remove all jobs in cluster %s\n" % m.group(1))
-                        rc = 1
-                else:
-                    n = table.remove("cluster = ? AND proc = ?", (int(m.group(1)), int(m.group(2))))
-                    if n:
-                        out.write("Job %s marked for removal\n" % arg)
-                    else:
-                        err.write("\nCouldn't find/remove all jobs matching constraint (ClusterId == %s && ProcId == %s)\n"
-                                  % (m.group(1), m.group(2)))
-                        rc = 1
+                n = _remove_keys(table, _matching(table, expr))
+                done = "Jobs matching constraint (%s) have been marked for removal" % expr
+                failed = "Couldn't find/remove all jobs matching constraint (%s)" % expr
+                i += 1
+            elif m and m.group(2) is None:
+                n = table.remove("cluster = ?", (int(m.group(1)),))
+                done = "All jobs in cluster %s have been marked for removal" % arg
+                failed = "Couldn't find/remove all jobs in cluster %s" % arg
+            elif m:
+                n = table.remove("cluster = ? AND proc = ?", (int(m.group(1)), int(m.group(2))))
+                done = "Job %s marked for removal" % arg
+                failed = "Couldn't find/remove all jobs matching constraint (ClusterId == %s && ProcId == %s)" % m.groups()
             else:
                 n = table.remove("owner = ?", (arg,))
-                if n:
-                    out.write('All jobs of user "%s" have been marked for removal\n' % arg)
-                else:
-                    err.write('\nCouldn\'t find/remove all jobs of user %s\n' % arg)
-                    rc = 1
+                done = 'All jobs of user "%s" have been marked for removal' % arg
+                failed = "Couldn't find/remove all jobs of user %s" % arg
+            if n:
+                out.write(done + "\n")
+            else:
+                err.write("\n" + failed + "\n")
+                rc = 1
             i += 1
     finally:
         table.close()
@@ -566,7 +555,7 @@ def condor_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = s
         i += 1
     wd = work_dir()
     info = manager_info(wd)
-    table = _open_table(err)
+    table = _open_table()
     if info is None or table is None:
         err.write("Error: communication error\nCEDAR:6001:Failed to connect to %s\n" % _address(info))
         return 1

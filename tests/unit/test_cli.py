@@ -3,7 +3,7 @@
 import pytest
 
 from persistjob import cli
-from persistjob.local import _last_error
+from persistjob.errors import reason_from_stderr as _last_error
 
 
 def run_main(capsys, *argv):
