@@ -77,31 +77,17 @@ def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
             subprocess.run(["xrdcp", "-s", "-f", tar_path, "%s/raw/%d.tar" % (server.root_url, r)], check=True)
             raw_up.append(time.perf_counter() - t)
             backend = get_backend("%s/ours%d" % (server.root_url, r))
-            joblog = JobLog(backend, "bench#root%d" % r)
-            ck = Checkpointer(backend, joblog.prefix, state)
-            t = time.perf_counter()
-            mid = ck.upload(ck.snapshot())
-            joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
-            ours_up.append(time.perf_counter() - t)
-            ck.close()
+            seconds, joblog, mid, _ = full_commit(backend, "bench#root%d" % r, state)
+            ours_up.append(seconds)
             dl = os.path.join(work, "dl-root.tar")
             t = time.perf_counter()
             subprocess.run(["xrdcp", "-s", "-f", "%s/raw/%d.tar" % (server.root_url, r), dl], check=True)
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
-            dest = os.path.join(work, "restore-root%d" % r)
-            ck2 = Checkpointer(backend, joblog.prefix, dest)
-            t = time.perf_counter()
-            ck2.restore(mid)
-            ours_down.append(time.perf_counter() - t)
-            ck2.close()
-            shutil.rmtree(dest)
-        m = statistics.median
+            ours_down.append(timed_restore(backend, joblog, mid, os.path.join(work, "restore-root%d" % r)))
         print("root:// (xrootd 5.5 on 127.0.0.1, gfal2, server adler32 checked on every upload):")
-        print("%-44s %10s %10s %8.2f %8s" % ("full commit vs xrdcp of the tar", fmt(m(raw_up)), fmt(m(ours_up)),
-                                              m(raw_up) / m(ours_up), ">=0.9"))
-        print("%-44s %10s %10s %8.2f %8s" % ("restore vs xrdcp of the tar back", fmt(m(raw_down)), fmt(m(ours_down)),
-                                              m(raw_down) / m(ours_down), ">=0.9"))
+        ratio_row("full commit vs xrdcp of the tar", raw_up, ours_up)
+        ratio_row("restore vs xrdcp of the tar back", raw_down, ours_down)
     finally:
         server.stop()
         shutil.rmtree(xdir, ignore_errors=True)
@@ -109,6 +95,36 @@ def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
 
 def fmt(x: float) -> str:
     return "%.3f" % x
+
+
+def full_commit(backend, job_id: str, state: str):
+    """Time one full commit of ``state`` (chunks, manifest, log record) as the wrapper does it."""
+    joblog = JobLog(backend, job_id)
+    ck = Checkpointer(backend, joblog.prefix, state)
+    try:
+        t = time.perf_counter()
+        snap = ck.snapshot()
+        mid = ck.upload(snap)
+        joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
+        return time.perf_counter() - t, joblog, mid, snap.stats.transferred
+    finally:
+        ck.close()
+
+
+def timed_restore(backend, joblog, mid: str, dest: str) -> float:
+    ck = Checkpointer(backend, joblog.prefix, dest)
+    try:
+        t = time.perf_counter()
+        ck.restore(mid)
+        return time.perf_counter() - t
+    finally:
+        ck.close()
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def ratio_row(label: str, raw, ours) -> None:
+    m = statistics.median
+    print("%-44s %10s %10s %8.2f %8s" % (label, fmt(m(raw)), fmt(m(ours)), m(raw) / m(ours), ">=0.9"))
 
 
 def main() -> int:
@@ -140,16 +156,10 @@ def main() -> int:
             raw_up.append(time.perf_counter() - t)
 
             backend = S3Backend(bucket, "ours%d/" % r, client, "s3://bench/ours%d/" % r)
-            joblog = JobLog(backend, "bench#%d" % r)
-            ck = Checkpointer(backend, joblog.prefix, state)
-            t = time.perf_counter()
-            snap = ck.snapshot()
-            mid = ck.upload(snap)
-            joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
-            ours_up.append(time.perf_counter() - t)
-            uploaded.append(snap.stats.transferred)
+            seconds, joblog, mid, transferred = full_commit(backend, "bench#%d" % r, state)
+            ours_up.append(seconds)
+            uploaded.append(transferred)
             manifests.append((backend, joblog, mid))
-            ck.close()
 
             dl = os.path.join(work, "dl.tar")
             t = time.perf_counter()
@@ -157,21 +167,13 @@ def main() -> int:
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
 
-            dest = os.path.join(work, "restore%d" % r)
-            ck2 = Checkpointer(backend, joblog.prefix, dest)
-            t = time.perf_counter()
-            ck2.restore(mid)
-            ours_down.append(time.perf_counter() - t)
-            ck2.close()
-            shutil.rmtree(dest)
+            ours_down.append(timed_restore(backend, joblog, mid, os.path.join(work, "restore%d" % r)))
 
         m = statistics.median
         print()
         print("%-44s %10s %10s %8s %8s" % ("measure (median of %d)" % a.repeat, "raw s", "ours s", "raw/ours", "target"))
-        print("%-44s %10s %10s %8.2f %8s" % ("full commit vs upload_file(tar)", fmt(m(raw_up)), fmt(m(ours_up)),
-                                              m(raw_up) / m(ours_up), ">=0.9"))
-        print("%-44s %10s %10s %8.2f %8s" % ("restore vs download_file(tar)", fmt(m(raw_down)), fmt(m(ours_down)),
-                                              m(raw_down) / m(ours_down), ">=0.9"))
+        ratio_row("full commit vs upload_file(tar)", raw_up, ours_up)
+        ratio_row("restore vs download_file(tar)", raw_down, ours_down)
         print("   bytes stored by a full commit: %.0f MB of %d MB (zstd on the text half)" % (m(uploaded) / 2 ** 20, size >> 20))
 
         # incremental + freeze, on one job with a warm stat cache (as in a running wrapper)

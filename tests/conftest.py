@@ -152,6 +152,40 @@ def error_lines(stderr: str) -> List[str]:
     return [line for line in stderr.splitlines() if "error:" in line]
 
 
+def storage_down_20s_mid_run(store: "Store", server, tmp_path, *extra: str, first_commit: float = 30,
+                             after: float = 90) -> list:
+    """A wrapper runs; its storage server stops for 20 s: the payload keeps running, the commit in flight
+    retries, and commits go on after the restart. Returns the job's log records."""
+    import json
+    import signal
+
+    from persistjob import constants as C
+
+    jid = job_id()
+    ck = tmp_path / "ck"
+    p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(ck), "--interval", "2s",
+                    "--lifetime", "10m", "--storage-timeout", "90s", *extra, "--", sys.executable, COUNTER, "--quiet")
+    try:
+        wait_for(lambda: any(r.kind == "commit" for r in records(store, jid)), first_commit, "a first commit")
+        server.stop()
+        c0 = json.loads((ck / "counter.json").read_text())["count"]
+        time.sleep(20)
+        assert json.loads((ck / "counter.json").read_text())["count"] > c0 + 50, \
+            "the payload keeps running while storage is down"
+        assert p.poll() is None
+        server.restart()
+        down_gen = max(r.generation for r in records(store, jid))
+        wait_for(lambda: max(r.generation for r in records(store, jid)) > down_gen + 1, after, "commits after the outage")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == C.EXIT_CHECKPOINTED
+    finally:
+        if server.proc is None:
+            server.restart()
+        stop_group(p)
+    assert "retrying" in p.stderr.read()
+    return records(store, jid)
+
+
 def two_wrappers_at_once(store: "Store", tmp_path) -> None:
     """Two wrappers started at once with one job ID: exactly one keeps running and commits, the other
     exits 75 (fenced) without writing a commit."""

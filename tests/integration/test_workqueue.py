@@ -202,33 +202,19 @@ def test_jalien_htcondor_submit_file(site):
 def test_condor_rm_of_a_running_job_kills_its_task(site):
     piddir = site.tmp / "pids"
     piddir.mkdir()
-    alien_submit(site, n=1, sleep=120, extra="")
-    site.env["PIDDIR"] = str(piddir)
+    sub = ("executable = %s\noutput = %s/o\nerror = %s/e\nenvironment = CONDOR_ID=$(Cluster).$(Process);"
+           "AGENT_SLEEP=120;PIDDIR=%s\nqueue\n" % (site.agent, site.tmp, site.tmp, piddir))
+    assert site.sh("condor_submit", input=sub).returncode == 0
     site.worker()
     pidfile = piddir / "agent.1.0.pid"
-    # the worker's environment does not reach the task: pass PIDDIR through the job instead
-    if not wait_for_quiet(lambda: pidfile.exists(), 5):
-        site.sh("condor_rm 1")
-        sub = ("executable = %s\noutput = %s/o\nerror = %s/e\nenvironment = CONDOR_ID=$(Cluster).$(Process);"
-               "AGENT_SLEEP=120;PIDDIR=%s\nqueue\n" % (site.agent, site.tmp, site.tmp, piddir))
-        assert site.sh("condor_submit", input=sub).returncode == 0
-        pidfile = piddir / "agent.2.0.pid"
-        wait_for(lambda: pidfile.exists(), 30, "the agent to start")
-    cluster = pidfile.name.split(".")[1]
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the agent to start")
     wait_for(lambda: site.count("JobStatus==2") == 1, 30, "running")
     pid = int(pidfile.read_text())
-    r = site.sh("condor_rm %s" % cluster)
-    assert r.returncode == 0 and r.stdout == "All jobs in cluster %s have been marked for removal\n" % cluster
+    r = site.sh("condor_rm 1")
+    assert r.returncode == 0 and r.stdout == "All jobs in cluster 1 have been marked for removal\n"
     wait_for(lambda: site.count("JobStatus==1 || JobStatus==2") == 0, 30, "the job to leave the queue")
     wait_for(lambda: not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z",
              30, "the agent to be killed")
-
-
-def wait_for_quiet(cond, timeout):
-    try:
-        return wait_for(cond, timeout, "")
-    except AssertionError:
-        return False
 
 
 @pytest.mark.parametrize("text,err", [
@@ -440,3 +426,23 @@ def test_job_wrapper_filters_the_environment(tmp_path):
     finally:
         site.stop_workers()
         site.stop()
+
+
+def test_condor_rm_forms(site):
+    alien_submit(site, n=2)
+    alien_submit(site, n=1)
+    alien_submit(site, n=1)
+    r = site.sh("condor_rm 1.1")
+    assert r.returncode == 0 and r.stdout == "Job 1.1 marked for removal\n"
+    r = site.sh("condor_rm 1.1")
+    assert r.returncode == 1 and r.stderr == "\nCouldn't find/remove all jobs matching constraint (ClusterId == 1 && ProcId == 1)\n"
+    r = site.sh("condor_rm -constraint 'ClusterId == 2'")
+    assert r.returncode == 0 and r.stdout == "Jobs matching constraint (ClusterId == 2) have been marked for removal\n"
+    # a removed job with a task in Work Queue shows (as X) until the manager has cancelled it
+    wait_for(lambda: site.sh("condor_q -af ClusterId ProcId").stdout == "1 0\n3 0\n", 10, "the removals")
+    user = __import__("getpass").getuser()
+    r = site.sh("condor_rm %s" % user)
+    assert r.returncode == 0 and r.stdout == 'All jobs of user "%s" have been marked for removal\n' % user
+    wait_for(lambda: site.sh("condor_q -af ClusterId").stdout == "", 10, "an empty queue")
+    r = site.sh("condor_rm nobody_here")
+    assert r.returncode == 1 and r.stderr == "\nCouldn't find/remove all jobs of user nobody_here\n"

@@ -12,7 +12,7 @@ import pytest
 
 from persistjob import constants as C
 from persistjob.checkpoint import JobLog, job_key
-from tests.conftest import two_wrappers_at_once, COUNTER, REPO, error_lines, job_id, records, stop_group, wait_for
+from tests.conftest import COUNTER, REPO, error_lines, job_id, stop_group, storage_down_20s_mid_run, two_wrappers_at_once, wait_for
 
 PY = sys.executable
 CHURN = os.path.join(REPO, "tests", "payloads", "churn.py")
@@ -296,30 +296,7 @@ def test_storage_down_20s_mid_run(own_seaweed, tmp_path):
 
     bucket = own_seaweed.make_bucket()
     st = Store("s3", "s3://%s/j" % bucket, own_seaweed.env(), own_seaweed)
-    jid = job_id()
-    ck = tmp_path / "ck"
-    p = st.popen("run", "--job-id", jid, "--store", st.url, "--checkpoint-dir", str(ck), "--interval", "2s",
-                 "--lifetime", "10m", "--storage-timeout", "90s", "--", PY, COUNTER, "--quiet")
-    try:
-        wait_for(lambda: any(r.kind == "commit" for r in records(st, jid)), 30, "a first commit")
-        own_seaweed.stop()
-        c0 = json.loads((ck / "counter.json").read_text())["count"]
-        time.sleep(20)
-        c1 = json.loads((ck / "counter.json").read_text())["count"]
-        assert c1 > c0 + 50, "the payload keeps running while storage is down"
-        assert p.poll() is None
-        own_seaweed.restart()
-        down_gen = max(r.generation for r in records(st, jid))
-        wait_for(lambda: max(r.generation for r in records(st, jid)) > down_gen + 1, 90, "commits after the outage")
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=60) == C.EXIT_CHECKPOINTED
-    finally:
-        if own_seaweed.proc is None:
-            own_seaweed.restart()
-        stop_group(p)
-    err = p.stderr.read()
-    assert "retrying" in err
-    committed = [r for r in records(st, jid) if r.kind == "commit"]
+    committed = [r for r in storage_down_20s_mid_run(st, own_seaweed, tmp_path) if r.kind == "commit"]
     assert committed[-1].run == 1 and len(committed) >= 3
 
 

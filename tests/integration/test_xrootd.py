@@ -1,19 +1,15 @@
 """Grid storage through gfal2 against a real xrootd (root:// and XrdHttp), started and stopped by the tests."""
 
-import json
 import os
 import re
-import signal
 import sys
 import threading
-import time
 import uuid
 
 import pytest
 
-from persistjob import constants as C
 from persistjob.errors import ObjectExists
-from tests.conftest import two_wrappers_at_once, COUNTER, Store, job_id, records, stop_group, wait_for
+from tests.conftest import COUNTER, Store, storage_down_20s_mid_run, two_wrappers_at_once
 from tests.servers import XRootD
 
 pytestmark = pytest.mark.xrootd
@@ -45,28 +41,14 @@ def test_server_down_20s_mid_run_then_commit_succeeds(tmp_path):
 
     xdir = tempfile.mkdtemp(prefix="pj-xrd-")  # outside pytest's 0700 tmp: xrootd runs as nobody
     server = XRootD(xdir).start()
-    st = Store("root", "%s/pj-outage" % server.root_url, {}, server)
-    jid = job_id()
-    ck = tmp_path / "ck"
-    p = st.popen("run", "--job-id", jid, "--store", st.url, "--checkpoint-dir", str(ck), "--interval", "2s",
-                 "--lifetime", "10m", "--storage-timeout", "90s", "--lease-check", "1h", "--", PY, COUNTER, "--quiet")
     try:
-        wait_for(lambda: any(r.kind == "commit" for r in records(st, jid)), 60, "a first commit")
-        server.stop()
-        c0 = json.loads((ck / "counter.json").read_text())["count"]
-        time.sleep(20)
-        assert json.loads((ck / "counter.json").read_text())["count"] > c0 + 50, "the payload keeps running"
-        assert p.poll() is None
-        server.restart()
-        gen = max(r.generation for r in records(st, jid))
-        wait_for(lambda: max(r.generation for r in records(st, jid)) > gen + 1, 120, "commits after the outage")
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(timeout=60) == C.EXIT_CHECKPOINTED
+        st = Store("root", "%s/pj-outage" % server.root_url, {}, server)
+        recs = storage_down_20s_mid_run(st, server, tmp_path, "--lease-check", "1h", first_commit=60,
+                                        after=120)
+        assert [r for r in recs if r.kind == "commit"][-1].run == 1
     finally:
-        stop_group(p)
         server.stop()
         shutil.rmtree(xdir, ignore_errors=True)
-    assert "retrying" in p.stderr.read()
 
 
 def test_server_checksum_verifies_uploads(xrootd):
