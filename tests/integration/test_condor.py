@@ -58,7 +58,12 @@ def pool(seaweed):
     if os.geteuid() != 0:
         pytest.fail("the HTCondor sandbox needs root (debootstrap, chroot, mounts): run make test as root")
     was_up = "running:" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
-    subprocess.run([SANDBOX, "up"], check=True, timeout=1200)
+    try:
+        subprocess.run([SANDBOX, "up"], check=True, timeout=1200)
+    except BaseException:
+        if not was_up:  # up may have started condor_master before failing: stop what we started
+            subprocess.run([SANDBOX, "down"], timeout=300)
+        raise
     yield Pool(seaweed.env())
     if not was_up:
         subprocess.run([SANDBOX, "down"], check=True, timeout=300)
