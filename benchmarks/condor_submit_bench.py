@@ -153,15 +153,17 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root (the HTCondor sandbox)")
     was_up = "running:" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
-    subprocess.run([SANDBOX, "up"], check=True)
-    server = SeaweedFS(tempfile.mkdtemp(prefix="pj-cbench-")).start()
+    server = None
     try:
+        subprocess.run([SANDBOX, "up"], check=True)
+        server = SeaweedFS(tempfile.mkdtemp(prefix="pj-cbench-")).start()
         print("HTCondor %s (sandbox pool), SeaweedFS 4.48, this machine (%d cores)"
               % (sandbox("condor_version").stdout.split()[1], os.cpu_count() or 0))
         bench_submit(a.jobs, a.rounds)
         bench_cycle(a.cycles, server)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         if not was_up:
             subprocess.run([SANDBOX, "down"], check=True)
     return 0
