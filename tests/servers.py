@@ -127,11 +127,12 @@ class SeaweedFS:
                               aws_secret_access_key=self.secret_key, region_name="us-east-1",
                               config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
         end = time.monotonic() + timeout
-        bucket = "ready-" + uuid.uuid4().hex[:8]
         last: Exception = RuntimeError("not started")
         while time.monotonic() < end:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError("weed exited early; see %s" % self.log_path)
+            # a fresh name per attempt: a create whose answer timed out may still have succeeded
+            bucket = "ready-" + uuid.uuid4().hex[:8]
             try:
                 client.create_bucket(Bucket=bucket)
                 client.put_object(Bucket=bucket, Key="k", Body=b"x")
