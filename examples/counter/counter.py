@@ -63,7 +63,19 @@ def main():
     state["runs"].append(int(run) if run.isdigit() else run)
     print("counter: run %s, restored generation %s, resuming at count %d" % (run, gen, state["count"]), flush=True)
 
+    # The handlers only note the request; the loop acts on it between steps.
+    # Saving inside a handler could interrupt the loop's own save between
+    # its write and its rename (and nested handlers could pile up).
+    requests = {"checkpoint": False, "stop": False}
+
     def on_checkpoint(signum, frame):
+        requests["checkpoint"] = True
+
+    def on_term(signum, frame):
+        requests["stop"] = True
+
+    def checkpoint():
+        requests["checkpoint"] = False
         save(state)
         marker = os.environ.get("PERSISTJOB_CHECKPOINT_MARKER")
         if marker:
@@ -72,16 +84,19 @@ def main():
             while os.path.exists(marker):
                 time.sleep(0.01)
 
-    def on_term(signum, frame):
-        save(state)
-        sys.exit(85 if a.exit_every else 0)
-
     signal.signal(signal.SIGUSR1, on_checkpoint)
     signal.signal(signal.SIGTERM, on_term)
     steps = 0
     last_print = time.monotonic()
     while True:
+        if requests["stop"]:
+            save(state)
+            return 85 if a.exit_every else 0
+        if requests["checkpoint"]:
+            checkpoint()
         time.sleep(a.step)
+        if requests["stop"] or requests["checkpoint"]:
+            continue
         state["count"] += 1
         steps += 1
         save(state)
