@@ -425,21 +425,38 @@ def cmd_wq_workers(a: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line.  With ``only``, the options of the other commands are left out: they cost
+    more start-up time than a short command takes (``persistjob submit`` is measured against
+    ``condor_submit``); their names and help lines stay, so usage and errors read the same."""
     p = _Parser(prog="persistjob", description="Persistent jobs on batch and grid schedulers.")
     p.add_argument("--version", action="version", version="persistjob " + __version__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for name, (kwargs, fill) in _COMMANDS.items():
+        sp = sub.add_parser(name, **kwargs)
+        if only is None or only == name:
+            fill(sp)
+    return p
 
-    r = sub.add_parser("run", help="the worker-node wrapper", description="Run one lifetime of a persistent job.")
+
+def _command_of(opts: Sequence[str]) -> Optional[str]:
+    """The command word of a command line (the top-level options take no values)."""
+    for word in opts:
+        if not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
+def _fill_run(r: argparse.ArgumentParser) -> None:
     add_run_options(r)
     r.add_argument("payload", nargs="*", help="-- PAYLOAD ARGS...")
     r.set_defaults(func=cmd_run)
 
-    lo = sub.add_parser("local", help="re-run a job locally as a scheduler would",
-                        description="The embedded scheduler: re-runs 'persistjob run' with job ID local#NAME.")
+
+def _fill_local(lo: argparse.ArgumentParser) -> None:
     add_run_options(lo, with_job_id=False)
     lo.add_argument("--max-runs", type=int, required=True)
     lo.add_argument("--name", help="job name (default: payload's base name)")
@@ -447,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("payload", nargs="*")
     lo.set_defaults(func=cmd_local)
 
-    d = sub.add_parser("demo", help="run the counting demo job locally")
+
+def _fill_demo(d: argparse.ArgumentParser) -> None:
     d.add_argument("--store", default=None, help="default: file://$PWD/.persistjob-demo/store")
     d.add_argument("--runs", type=int, default=3)
     d.add_argument("--lifetime", default="4s")
@@ -455,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name", default="demo")
     d.set_defaults(func=cmd_demo)
 
-    su = sub.add_parser("submit", help="submit persistent jobs to HTCondor",
-                        description="Submit N persistent jobs through htcondor2 (or print the description).")
+
+def _fill_submit(su: argparse.ArgumentParser) -> None:
     su.add_argument("--store", required=True, metavar="URL", help="store URL; may be a match-time $$(Attr:default)")
     su.add_argument("--count", type=int, default=1)
     su.add_argument("--lifetime", default="12h")
@@ -487,8 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("payload", nargs="*")
     su.set_defaults(func=cmd_submit)
 
-    st = sub.add_parser("status", help="persistent jobs: the schedd's view joined with the store's",
-                        description="Exit 1 when any job needs a human (STALLED, CRASHLOOP, HELD, FENCED, IDLE-LONG).")
+
+def _fill_status(st: argparse.ArgumentParser) -> None:
     st.add_argument("--json", action="store_true")
     st.add_argument("--constraint")
     st.add_argument("--store", help="override the job ads' PersistStore")
@@ -498,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--pool")
     st.set_defaults(func=cmd_status)
 
-    rm = sub.add_parser("rm", help="remove persistent jobs (and with --purge their stored checkpoints)")
+
+def _fill_rm(rm: argparse.ArgumentParser) -> None:
     rm.add_argument("jobspec", help="CLUSTER, CLUSTER.PROC or a constraint")
     rm.add_argument("--purge", action="store_true")
     rm.add_argument("--store", help="override the job ads' PersistStore")
@@ -507,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--pool")
     rm.set_defaults(func=cmd_rm)
 
-    wq = sub.add_parser("wq", help="the Work Queue executor: manager, Condor shims, workers")
+
+def _fill_wq(wq: argparse.ArgumentParser) -> None:
     wqs = wq.add_subparsers(dest="wq_command", metavar="ACTION", parser_class=_Parser)
     wqs.required = True
     m = wqs.add_parser("manager", help="run the Work Queue manager")
@@ -545,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     ww.add_argument("--role", default="worker", help=argparse.SUPPRESS)
     ww.set_defaults(func=cmd_wq_workers)
 
-    ck = sub.add_parser("checkpoint", help="inspect and manage stored checkpoints")
+
+def _fill_checkpoint(ck: argparse.ArgumentParser) -> None:
     cks = ck.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     cks.required = True
 
@@ -577,7 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(x)
     x.add_argument("--grace", type=_duration, default=3600.0)
     x.set_defaults(func=cmd_gc)
-    return p
+
+
+_COMMANDS: Dict[str, Tuple[Dict[str, str], Any]] = {
+    "run": (dict(help="the worker-node wrapper", description="Run one lifetime of a persistent job."), _fill_run),
+    "local": (dict(help="re-run a job locally as a scheduler would",
+                   description="The embedded scheduler: re-runs 'persistjob run' with job ID local#NAME."),
+              _fill_local),
+    "demo": (dict(help="run the counting demo job locally"), _fill_demo),
+    "submit": (dict(help="submit persistent jobs to HTCondor",
+                    description="Submit N persistent jobs through htcondor2 (or print the description)."),
+               _fill_submit),
+    "status": (dict(help="persistent jobs: the schedd's view joined with the store's",
+                    description="Exit 1 when any job needs a human (STALLED, CRASHLOOP, HELD, FENCED, IDLE-LONG)."),
+               _fill_status),
+    "rm": (dict(help="remove persistent jobs (and with --purge their stored checkpoints)"), _fill_rm),
+    "wq": (dict(help="the Work Queue executor: manager, Condor shims, workers"), _fill_wq),
+    "checkpoint": (dict(help="inspect and manage stored checkpoints"), _fill_checkpoint),
+}
 
 
 def _split_payload(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
@@ -609,7 +647,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.filterwarnings("ignore", message="Boto3 will no longer support")
     try:
         opts, payload = _split_payload(argv)
-        a = build_parser().parse_args(opts)
+        a = build_parser(_command_of(opts)).parse_args(opts)
         if a.command in ("run", "local", "submit") or (a.command == "wq" and a.wq_command == "submit"):
             if payload is None:
                 payload = list(a.payload)

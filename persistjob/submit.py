@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import constants as C
@@ -108,36 +107,43 @@ def parse_cron(spec: str) -> Dict[str, str]:
 # -------------------------------------------------------------- description
 
 
-@dataclass(frozen=True)
 class SubmitOptions:
-    store: str
-    payload: Tuple[str, ...]
-    count: int = 1
-    lifetime: str = "12h"
-    interval: str = "1h"
-    mode: str = "freeze"
-    vacate_grace: float = C.DEFAULT_VACATE_GRACE
-    forever: bool = True
-    name: str = "persistjob"
-    wrapper: str = "persistjob"
-    crash_limit: int = C.DEFAULT_CRASH_LIMIT
-    release_limit: int = 5
-    release_base: int = 60
-    cron: Optional[str] = None
-    cron_window: Optional[int] = None
-    cron_prep_time: Optional[int] = None
-    transfer_input: Tuple[str, ...] = ()
-    output_dir: str = "."
-    getenv: Tuple[str, ...] = ()
-    initialdir: Optional[str] = None
-    extra: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)
-    run_args: Tuple[str, ...] = ()
+    """What ``persistjob submit`` was asked for.  A plain class, not a dataclass: ``dataclasses``
+    (and the ``inspect`` it pulls in) cost more start-up time than the whole description builder,
+    and ``persistjob submit`` is measured against ``condor_submit``."""
 
-    def __post_init__(self) -> None:
-        if not self.payload:
+    __slots__ = ("store", "payload", "count", "lifetime", "interval", "mode", "vacate_grace", "forever", "name",
+                 "wrapper", "crash_limit", "release_limit", "release_base", "cron", "cron_window", "cron_prep_time",
+                 "transfer_input", "output_dir", "getenv", "initialdir", "extra", "run_args")
+
+    def __init__(self, store: str, payload: Sequence[str], count: int = 1, lifetime: str = "12h",
+                 interval: str = "1h", mode: str = "freeze", vacate_grace: float = C.DEFAULT_VACATE_GRACE,
+                 forever: bool = True, name: str = "persistjob", wrapper: str = "persistjob",
+                 crash_limit: int = C.DEFAULT_CRASH_LIMIT, release_limit: int = 5, release_base: int = 60,
+                 cron: Optional[str] = None, cron_window: Optional[int] = None, cron_prep_time: Optional[int] = None,
+                 transfer_input: Sequence[str] = (), output_dir: str = ".", getenv: Sequence[str] = (),
+                 initialdir: Optional[str] = None, extra: Sequence[Tuple[str, str]] = (),
+                 run_args: Sequence[str] = ()) -> None:
+        if not payload:
             raise ConfigError("no payload given (persistjob submit --store URL ... -- PAYLOAD ARGS...)")
-        if self.count < 1:
+        if count < 1:
             raise ConfigError("--count must be at least 1")
+        if mode not in ("freeze", "signal", "exit-code"):
+            raise ConfigError("unknown mode %r" % mode)
+        if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+            raise ConfigError("--name may use letters, digits, '_', '.' and '-' only")
+        if cron is not None and not forever:
+            raise ConfigError("--cron jobs run on a schedule forever; --until-done does not apply")
+        self.store, self.payload, self.count = store, tuple(payload), count
+        self.lifetime, self.interval, self.mode, self.vacate_grace = lifetime, interval, mode, vacate_grace
+        self.forever, self.name, self.wrapper, self.crash_limit = forever, name, wrapper, crash_limit
+        self.release_limit, self.release_base = release_limit, release_base
+        self.cron, self.cron_window, self.cron_prep_time = cron, cron_window, cron_prep_time
+        self.transfer_input, self.output_dir, self.getenv = tuple(transfer_input), output_dir, tuple(getenv)
+        self.initialdir, self.extra, self.run_args = initialdir, tuple(extra), tuple(run_args)
+
+    def __repr__(self) -> str:
+        return "SubmitOptions(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
         if self.mode not in ("freeze", "signal", "exit-code"):
             raise ConfigError("unknown mode %r" % self.mode)
         if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
@@ -301,16 +307,15 @@ def jobspec_constraint(spec: str) -> str:
 # ------------------------------------------------------------------- status
 
 
-@dataclass
 class JobView:
-    ad: Dict[str, Any]
-    generation: Optional[int] = None
-    last_commit: Optional[float] = None
-    runs: Optional[int] = None
-    crash_streak: int = 0
-    fenced: int = 0
-    store_error: str = ""
-    flags: List[str] = field(default_factory=list)
+    """One persistent job: the schedd's ad joined with the store's view, and its flags."""
+
+    def __init__(self, ad: Dict[str, Any], generation: Optional[int] = None, last_commit: Optional[float] = None,
+                 runs: Optional[int] = None, crash_streak: int = 0, fenced: int = 0, store_error: str = "",
+                 flags: Optional[List[str]] = None) -> None:
+        self.ad, self.generation, self.last_commit, self.runs = ad, generation, last_commit, runs
+        self.crash_streak, self.fenced, self.store_error = crash_streak, fenced, store_error
+        self.flags: List[str] = list(flags or [])
 
     def as_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in self.ad.items() if v is not None}
