@@ -22,7 +22,15 @@ Create-if-absent (the fencing primitive), per protocol:
 
 Uploads are verified against the server-side ADLER32 checksum
 (``xrootd.chksum adler32``) where the server offers one, on top of our own
-content hashes.
+content hashes. An xrootd computes only a few checksums at once (5 with the
+defaults of 5.5; ``xrootd.chksum max``) and tells further clients to come back
+later; with XRootD 5.5 we saw many concurrent checksum queries on one connection
+stall it for 30 s (an asynchronous answer, ``kXR_waitresp``, that the client
+never matched). So a process asks for at most ``checksum_slots`` (URL
+parameter, default 2) at a time per server. On root:// the data path (chunk
+writes, reads, checksum queries) goes through the XRootD client directly: one
+round trip each, no gfal2 stat first; gfal2 does the namespace (list, stat,
+rename, delete).
 """
 
 import errno
@@ -30,7 +38,7 @@ import os
 import threading
 import uuid
 import zlib
-from typing import Any, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ..errors import InvalidURL, ObjectExists, ObjectNotFound, StorageConfigError, StorageError, StorageUnavailable
@@ -91,8 +99,39 @@ def _wrap(exc: Any, what: str) -> StorageError:
     return StorageUnavailable("%s: %s" % (what, msg)) if "connect" in msg.lower() else StorageError("%s: %s" % (what, msg))
 
 
+DEFAULT_CHECKSUM_SLOTS = 2
+_slots: Dict[Tuple[str, int], threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _checksum_slots(url: str, n: int) -> threading.BoundedSemaphore:
+    """One semaphore per server and process: the server's limit is per server."""
+    u = urlsplit(url)
+    key = ("%s:%s" % (u.hostname, u.port), n)
+    with _slots_lock:
+        sem = _slots.get(key)
+        if sem is None:
+            sem = _slots[key] = threading.BoundedSemaphore(n)
+        return sem
+
+
+def _xrootd_retryable(status: Any) -> bool:
+    """A transport-level failure of the XRootD client (not a server's answer about the file)."""
+    return status.code in (101, 103, 104, 105, 106, 107, 108) or status.shellcode in (50, 51, 52, 53, 54) or \
+        "connect" in status.message.lower()
+
+
+def _xrootd_error(status: Any, what: str) -> StorageError:
+    message = "%s: %s" % (what, status.message.strip())
+    if status.errno == 3011:  # kXR_NotFound
+        return ObjectNotFound(what)
+    if status.errno in (3010,):  # kXR_NotAuthorized
+        return StorageConfigError(message)
+    return StorageUnavailable(message)  # transport failures, overload, I/O errors: retryable
+
+
 class GfalBackend(Backend):
-    def __init__(self, url: str, checksum: bool = True) -> None:
+    def __init__(self, url: str, checksum: bool = True, checksum_slots: int = DEFAULT_CHECKSUM_SLOTS) -> None:
         self.gfal2 = _gfal2()
         self.base = url.rstrip("/")
         self.url = self.base
@@ -100,6 +139,7 @@ class GfalBackend(Backend):
         self.xrootd = self.scheme in _XROOTD
         self.atomic_create = self.xrootd
         self.checksum = checksum
+        self._checksum_slots = _checksum_slots(url, checksum_slots)
         self._tls = threading.local()
         self._xrd: Any = None
         if self.xrootd:
@@ -109,6 +149,8 @@ class GfalBackend(Backend):
             except ImportError:
                 raise StorageConfigError("root:// create-if-absent needs the XRootD Python client "
                                          "(Debian: apt-get install python3-xrootd)") from None
+            u = urlsplit(self.base)
+            self._xrd_fs = self._xrd.FileSystem("%s://%s" % (u.scheme, u.netloc))
 
     @property
     def ctx(self) -> Any:
@@ -131,6 +173,9 @@ class GfalBackend(Backend):
         self._call(parent, self.ctx.mkdir_rec, parent, 0o755)
 
     def _write(self, url: str, data: bytes) -> None:
+        if self.xrootd:
+            return self._xrootd_write(url, data)
+
         def write() -> None:
             f = self.ctx.open(url, "w")
             view = memoryview(data)
@@ -148,20 +193,40 @@ class GfalBackend(Backend):
     def _verify(self, url: str, data: bytes) -> None:
         if not self.checksum:
             return
-        try:
-            remote = self.ctx.checksum(url, "ADLER32")
-        except self.gfal2.GError as exc:
-            if exc.code in _RETRYABLE:
-                raise _wrap(exc, url) from None
+        with self._checksum_slots:
+            remote = self._xrootd_checksum(url) if self.xrootd else self._gfal_checksum(url)
+        if remote is None:
             self.checksum = False  # the server offers none: rely on our own content hashes
             return
         local = "%08x" % (zlib.adler32(data) & 0xFFFFFFFF)
         if remote.lower().lstrip("0") != local.lstrip("0"):
             raise StorageUnavailable("checksum mismatch after upload of %s (server %s, ours %s)" % (url, remote, local))
 
+    def _gfal_checksum(self, url: str) -> Optional[str]:
+        try:
+            return str(self.ctx.checksum(url, "ADLER32"))
+        except self.gfal2.GError as exc:
+            if exc.code in _RETRYABLE:
+                raise _wrap(exc, url) from None
+            return None
+
+    def _xrootd_checksum(self, url: str) -> Optional[str]:
+        path = urlsplit(url).path
+        status, answer = self._xrd_fs.query(self._xrd_flags.QueryCode.CHECKSUM, path)
+        if status.ok:
+            words = answer.split(b"\0", 1)[0].decode("ascii", "replace").split()
+            if len(words) == 2 and words[0].lower() == "adler32":
+                return words[1]
+            return None  # another algorithm configured: not comparable with ours
+        if _xrootd_retryable(status):
+            raise StorageUnavailable("checksum of %s: %s" % (path, status.message.strip()))
+        return None
+
     # -- interface
     def get(self, key: str) -> bytes:
         url = self._url(key)
+        if self.xrootd:
+            return self._xrootd_read(key, url)
 
         def read() -> bytes:
             f = self.ctx.open(url, "r")
@@ -251,6 +316,41 @@ class GfalBackend(Backend):
         if status >= 400:
             raise StorageConfigError("MOVE %s refused: HTTP %d" % (key, status))
 
+    def _xrootd_write(self, url: str, data: bytes) -> None:
+        flags = self._xrd_flags.OpenFlags
+        f = self._xrd.File()
+        status, _ = f.open(url, flags.DELETE | flags.MAKEPATH)
+        if not status.ok:
+            raise _xrootd_error(status, "write %s" % url)
+        try:
+            status, _ = f.write(data)
+            if not status.ok:
+                raise _xrootd_error(status, "write %s" % url)
+        finally:
+            closed, _ = f.close()
+        if not closed.ok:
+            raise _xrootd_error(closed, "close %s" % url)
+
+    def _xrootd_read(self, key: str, url: str) -> bytes:
+        f = self._xrd.File()
+        status, _ = f.open(url)
+        if not status.ok:
+            raise _xrootd_error(status, key)
+        try:
+            parts: List[bytes] = []
+            offset = 0
+            while True:
+                status, data = f.read(offset, 8 << 20)
+                if not status.ok:
+                    raise _xrootd_error(status, key)
+                if not data:
+                    break
+                parts.append(data)
+                offset += len(data)
+            return b"".join(parts)
+        finally:
+            f.close()
+
     def _xrootd_create(self, key: str, url: str, data: bytes) -> None:
         flags = self._xrd_flags.OpenFlags.NEW | self._xrd_flags.OpenFlags.MAKEPATH
         f = self._xrd.File()
@@ -258,11 +358,7 @@ class GfalBackend(Backend):
         if not status.ok:
             if status.errno == 3018 or "exists" in status.message.lower():
                 raise ObjectExists(key)
-            code = status.errno
-            if status.code in (101, 103, 104, 105, 106, 107, 108) or status.shellcode in (50, 51, 52, 53, 54) or \
-                    "connect" in status.message.lower():
-                raise StorageUnavailable("create %s: %s" % (key, status.message.strip()))
-            if code in (3010,):  # kXR_NotAuthorized
+            if status.errno == 3010:  # kXR_NotAuthorized
                 raise StorageConfigError("create %s: %s" % (key, status.message.strip()))
             raise StorageUnavailable("create %s: %s" % (key, status.message.strip()))
         try:
@@ -322,8 +418,12 @@ def from_url(url: str) -> Optional[Backend]:
         raise InvalidURL("malformed store URL %r: no host" % url)
     if u.query:
         q = dict(p.partition("=")[::2] for p in u.query.split("&"))
-        unknown = set(q) - {"checksum"}
+        unknown = set(q) - {"checksum", "checksum_slots"}
         if unknown:
             raise InvalidURL("gfal2 store: unknown URL parameter(s) %s" % ", ".join(sorted(unknown)))
-        return GfalBackend(url.split("?", 1)[0], checksum=q.get("checksum", "1") not in ("0", "false", "no"))
+        slots = q.get("checksum_slots", str(DEFAULT_CHECKSUM_SLOTS))
+        if not slots.isdigit() or int(slots) < 1:
+            raise InvalidURL("gfal2 store: checksum_slots must be a positive integer, not %r" % slots)
+        return GfalBackend(url.split("?", 1)[0], checksum=q.get("checksum", "1") not in ("0", "false", "no"),
+                           checksum_slots=int(slots))
     return GfalBackend(url)

@@ -86,6 +86,7 @@ def test_safe_keys():
                                      ("s3://bucket/x?addressing=sideways", "addressing"),
                                      ("file:///tmp/x?fsync=0&bogus=1", "unknown URL parameter"),
                                      ("root://127.0.0.1:1//x?bogus=1", "unknown URL parameter"),
+                                     ("root://127.0.0.1:1//x?checksum_slots=0", "checksum_slots must be a positive"),
                                      ("root:///nohost", "no host"), ("gopher://h/x", "unsupported")])
 def test_bad_urls(url, msg):
     with pytest.raises(E.InvalidURL, match=msg):
