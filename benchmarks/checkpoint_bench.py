@@ -85,7 +85,7 @@ def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
             ours_down.append(timed_restore(backend, joblog, mid, os.path.join(work, "restore-root%d" % r)))
-        print("root:// (xrootd 5.5 on 127.0.0.1, gfal2, server adler32 checked on every upload):")
+        print("root:// (xrootd 5.5 on 127.0.0.1, XRootD client + gfal2, server adler32 checked on every upload):")
         ratio_row("full commit vs xrdcp of the tar", raw_up, ours_up)
         ratio_row("restore vs xrdcp of the tar back", raw_down, ours_down)
     finally:
