@@ -10,7 +10,7 @@
    Cycle = time from one payload exit to the next payload start, median. Targets: persistjob
    median <= 0.2 s; bytes uploaded per cycle < 1% of HTCondor's.
 
-Usage: sudo python benchmarks/condor_submit_bench.py [--jobs 1000] [--rounds 3] [--cycles 20]
+Usage: sudo python benchmarks/condor_submit_bench.py [--jobs 1000] [--rounds 9] [--cycles 20]
 """
 
 import argparse
@@ -147,7 +147,7 @@ def bench_cycle(cycles: int, server: SeaweedFS) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--cycles", type=int, default=20)
     a = ap.parse_args()
     if os.geteuid() != 0:
