@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from . import constants as C
@@ -600,7 +600,7 @@ def _fill_checkpoint(ck: argparse.ArgumentParser) -> None:
     x.set_defaults(func=cmd_gc)
 
 
-_COMMANDS: Dict[str, Tuple[Dict[str, str], Any]] = {
+_COMMANDS: Dict[str, Tuple[Dict[str, Any], Callable[[argparse.ArgumentParser], None]]] = {
     "run": (dict(help="the worker-node wrapper", description="Run one lifetime of a persistent job."), _fill_run),
     "local": (dict(help="re-run a job locally as a scheduler would",
                    description="The embedded scheduler: re-runs 'persistjob run' with job ID local#NAME."),
