@@ -19,7 +19,7 @@ PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v 
 # boinc-client: its package would start a system BOINC daemon that phones out; a policy-rc.d
 # forbids service starts during the install.
 DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap xrootd-server xrootd-client \
-	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client
+	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client openssl
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }

@@ -73,11 +73,14 @@ def seaweed():
 def make_store(request, tmp_path, kind: str) -> Store:
     if kind == "file":
         return Store("file", "file://%s" % (tmp_path / "store"), {})
-    if kind in ("root", "http"):
+    if kind in ("root", "http", "davs"):
         server = request.getfixturevalue("xrootd")
         prefix = "pj-" + uuid.uuid4().hex[:10]
-        url = (server.root_url + "/" + prefix) if kind == "root" else (server.http_url + "/" + prefix)
-        return Store(kind, url, {}, server)
+        base = {"root": server.root_url, "http": server.http_url, "davs": server.davs_url}[kind]
+        env = server.tls_env() if kind == "davs" else {}
+        for k, v in env.items():  # gfal2 reads the CA directory when it connects, not when it is set up
+            request.getfixturevalue("monkeypatch").setenv(k, v)
+        return Store(kind, base + "/" + prefix, env, server)
     server = request.getfixturevalue("seaweed")
     bucket = server.make_bucket()
     return Store("s3", "s3://%s/jobs" % bucket, server.env(), server)

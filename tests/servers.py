@@ -175,11 +175,43 @@ class SeaweedFS:
         self.stop()
 
 
+def make_test_ca(directory: str) -> Dict[str, str]:
+    """A throw-away CA and a server certificate for localhost/127.0.0.1 (openssl command line).
+
+    Returns the paths: ``cert``, ``key`` and ``cadir`` (the CA in OpenSSL's hashed-directory form,
+    what ``X509_CERT_DIR`` names for gfal2/Davix and what xrootd's ``xrd.tlsca certdir`` reads).
+    """
+    os.makedirs(directory, exist_ok=True)
+    cadir = os.path.join(directory, "cadir")
+    os.makedirs(cadir, exist_ok=True)
+    p = {name: os.path.join(directory, name) for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem",
+                                                          "ext.cnf")}
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p["ca.key"], "-out", p["ca.pem"], "-days", "7",
+        "-subj", "/CN=persistjob test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", p["server.key"], "-out", p["server.csr"],
+        "-subj", "/CN=localhost")
+    with open(p["ext.cnf"], "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    ssl("x509", "-req", "-in", p["server.csr"], "-CA", p["ca.pem"], "-CAkey", p["ca.key"], "-CAcreateserial",
+        "-out", p["server.pem"], "-days", "7", "-extfile", p["ext.cnf"])
+    shutil.copy(p["ca.pem"], os.path.join(cadir, "ca.pem"))
+    ssl("rehash", cadir)
+    return {"cert": p["server.pem"], "key": p["server.key"], "cadir": cadir}
+
+
 class XRootD:
-    """A real xrootd (Debian xrootd-server) on free ports of 127.0.0.1: root:// and XrdHttp (http://).
+    """A real xrootd (Debian xrootd-server) on free ports of 127.0.0.1: root://, and XrdHttp on one
+    port for both http:// and https:// (davs://) with a certificate from a throw-away test CA.
 
     xrootd refuses to run as root: as root it runs as ``nobody`` (-R), with its data, admin and
-    pid paths owned by that user. ADLER32 checksums are on (xrootd.chksum adler32).
+    pid paths and its key owned by that user. ADLER32 checksums are on (xrootd.chksum adler32).
+    Clients of the https port trust the test CA with ``X509_CERT_DIR=<ca_dir>`` (``tls_env``).
     """
 
     def __init__(self, root: str) -> None:
@@ -195,6 +227,17 @@ class XRootD:
     def http_url(self) -> str:
         return "http://127.0.0.1:%d" % self.ports["http"]
 
+    @property
+    def davs_url(self) -> str:
+        return "davs://localhost:%d" % self.ports["http"]
+
+    @property
+    def ca_dir(self) -> str:
+        return os.path.join(self.root, "tls", "cadir")
+
+    def tls_env(self) -> Dict[str, str]:
+        return {"X509_CERT_DIR": self.ca_dir}
+
     def start(self, timeout: float = 30.0) -> "XRootD":
         binary = shutil.which("xrootd")
         if not binary:
@@ -204,18 +247,23 @@ class XRootD:
         if not self.ports:
             root_port, http_port = free_ports(2)
             self.ports = {"root": root_port, "http": http_port}
+        tls_dir = os.path.join(self.root, "tls")
+        if not os.path.exists(os.path.join(tls_dir, "server.pem")):
+            make_test_ca(tls_dir)
         cfg = os.path.join(self.root, "xrootd.cfg")
         with open(cfg, "w") as f:
             f.write("all.export /\noss.localroot %s/data\nall.adminpath %s/admin\nall.pidpath %s/admin\n"
                     "xrootd.chksum adler32\nxrd.port %d\nxrd.protocol XrdHttp:%d libXrdHttp.so\n"
-                    % (self.root, self.root, self.root, self.ports["root"], self.ports["http"]))
+                    "xrd.tls %s/server.pem %s/server.key\nxrd.tlsca certdir %s\n"
+                    % (self.root, self.root, self.root, self.ports["root"], self.ports["http"], tls_dir, tls_dir,
+                       self.ca_dir))
         cmd = [binary, "-c", cfg, "-n", "pj%d" % self.ports["root"], "-l", os.path.join(self.root, "admin", "xrootd.log")]
         if os.geteuid() == 0:
             import pwd
 
             nobody = pwd.getpwnam("nobody")
             os.chmod(self.root, 0o755)
-            for d in ("data", "admin"):
+            for d in ("data", "admin", "tls"):
                 for dirpath, _dirs, files in os.walk(os.path.join(self.root, d)):
                     for path in [dirpath] + [os.path.join(dirpath, n) for n in files]:
                         try:

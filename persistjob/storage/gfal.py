@@ -85,9 +85,30 @@ def _gfal2() -> Any:
                                  "(Debian: apt-get install python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http)") from None
 
 
-def _wrap(exc: Any, what: str) -> StorageError:
+_TLS_TRUST = ("certificate verification failed", "certificate verify failed", "issuer is not trusted",
+              "self-signed certificate", "self signed certificate", "unable to get local issuer",
+              "hostname mismatch", "doesn't match", "does not match")
+
+
+_GRID_CA_DIR = "/etc/grid-security/certificates"  # where grid sites keep the CAs they trust
+
+
+def tls_trust_error(what: str, msg: str) -> Optional[StorageConfigError]:
+    """A server certificate we do not trust is a site configuration problem, not an outage:
+    retrying cannot fix it, and the job should be held with this reason (exit 78)."""
+    if any(t in msg.lower() for t in _TLS_TRUST):
+        return StorageConfigError("TLS: the server's certificate is not trusted for %s: %s (set X509_CERT_DIR to the "
+                                  "directory of the CA certificates to trust, e.g. /etc/grid-security/certificates)"
+                                  % (what, msg))
+    return None
+
+
+def _wrap(exc: Any, what: str, store: str = "") -> StorageError:
     code = getattr(exc, "code", 0)
     msg = " ".join(str(getattr(exc, "message", exc)).split())
+    trust = tls_trust_error(store or what, msg)
+    if trust is not None:
+        return trust
     if code == errno.ENOENT:
         return ObjectNotFound(what)
     if code == errno.EEXIST:
@@ -166,7 +187,7 @@ class GfalBackend(Backend):
         try:
             return fn(*args)
         except self.gfal2.GError as exc:
-            raise _wrap(exc, what) from None
+            raise _wrap(exc, what, self.base) from None
 
     def _mkparent(self, url: str) -> None:
         parent = url.rsplit("/", 1)[0]
@@ -207,7 +228,7 @@ class GfalBackend(Backend):
             return str(self.ctx.checksum(url, "ADLER32"))
         except self.gfal2.GError as exc:
             if exc.code in _RETRYABLE:
-                raise _wrap(exc, url) from None
+                raise _wrap(exc, url, self.base) from None
             return None
 
     def _xrootd_checksum(self, url: str) -> Optional[str]:
@@ -297,7 +318,7 @@ class GfalBackend(Backend):
         s, d = urlsplit(http_url(src)), http_url(dst)
         conn: Any
         if s.scheme == "https":
-            cafile = os.environ.get("X509_CERT_DIR")
+            cafile = os.environ.get("X509_CERT_DIR") or (_GRID_CA_DIR if os.path.isdir(_GRID_CA_DIR) else None)
             sslctx = ssl.create_default_context(capath=cafile) if cafile else ssl.create_default_context()
             conn = http.client.HTTPSConnection(s.hostname or "", s.port or 443, timeout=60, context=sslctx)
         else:
@@ -305,6 +326,8 @@ class GfalBackend(Backend):
         try:
             conn.request("MOVE", s.path, headers={"Destination": d, "Overwrite": "F"})
             status = conn.getresponse().status
+        except ssl.SSLCertVerificationError as exc:
+            raise tls_trust_error(self.base, str(exc)) or StorageConfigError("MOVE %s: %s" % (key, exc)) from None
         except OSError as exc:
             raise StorageUnavailable("MOVE %s: %s" % (key, exc)) from None
         finally:

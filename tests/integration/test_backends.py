@@ -1,4 +1,4 @@
-"""One storage suite over every backend: file:// always, s3:// on a real SeaweedFS."""
+"""One storage suite over every backend: file:// always, s3:// on a real SeaweedFS, root://, http:// and davs:// on a real xrootd."""
 
 import os
 import threading
@@ -11,9 +11,10 @@ from tests.conftest import make_store
 
 
 @pytest.fixture(params=["file", "s3", pytest.param("root", marks=pytest.mark.xrootd),
-                        pytest.param("http", marks=pytest.mark.xrootd)])
+                        pytest.param("http", marks=pytest.mark.xrootd), pytest.param("davs", marks=pytest.mark.xrootd)])
 def store(request, tmp_path):
-    """The one storage suite, over every backend: file, S3 (SeaweedFS), root:// and http:// (xrootd)."""
+    """The one storage suite, over every backend: file, S3 (SeaweedFS), root://, http:// and davs:// (xrootd,
+    TLS with a throw-away test CA)."""
     return make_store(request, tmp_path, request.param)
 
 

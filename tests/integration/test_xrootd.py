@@ -21,6 +21,37 @@ def root_store(xrootd):
     return Store("root", "%s/pj-%s" % (xrootd.root_url, uuid.uuid4().hex[:10]), {}, xrootd)
 
 
+@pytest.fixture
+def davs_store(xrootd):
+    return Store("davs", "%s/pj-%s" % (xrootd.davs_url, uuid.uuid4().hex[:10]), xrootd.tls_env(), xrootd)
+
+
+def test_wrapper_resumes_across_runs_on_davs_then_refuses_an_untrusted_server(davs_store, tmp_path):
+    """WebDAV over TLS (XrdHttp with a test CA): three resumed runs; then a run whose CA directory does
+    not hold that CA stops at once with exit 78 and one line about the certificate (retrying cannot help),
+    and the stored generations are untouched."""
+    r = davs_store.cli("local", "--max-runs", "3", "--name", "dv", "--store", davs_store.url, "--lifetime", "3s",
+                       "--interval", "1s", "--", PY, COUNTER)
+    assert r.returncode == 0, r.stderr
+    c = [int(x) for x in re.findall(r"resuming at count (\d+)", r.stdout)]
+    assert len(c) == 3 and c[0] == 0 < c[1] < c[2], c
+    before = davs_store.cli("checkpoint", "ls", "--store", davs_store.url, "--job-id", "local#dv", "--json")
+    assert before.returncode == 0, before.stderr
+
+    empty = tmp_path / "no-cas"
+    empty.mkdir()
+    bad = davs_store.cli("run", "--job-id", "local#dv", "--store", davs_store.url, "--checkpoint-dir", str(tmp_path / "ck"),
+                         "--storage-timeout", "60s", "--", PY, COUNTER, env={"X509_CERT_DIR": str(empty)}, timeout=60)
+    assert bad.returncode == 78, bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if "error" in line or "not trusted" in line]
+    assert any("certificate is not trusted" in line for line in errors), bad.stderr
+    assert "Traceback" not in bad.stderr
+    after = davs_store.cli("checkpoint", "ls", "--store", davs_store.url, "--job-id", "local#dv", "--json")
+    assert after.stdout == before.stdout
+    v = davs_store.cli("checkpoint", "verify", "--store", davs_store.url, "--job-id", "local#dv")
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
 def test_wrapper_resumes_across_runs_on_root(root_store):
     r = root_store.cli("local", "--max-runs", "3", "--name", "xr", "--store", root_store.url, "--lifetime", "3s",
                        "--interval", "1s", "--", PY, COUNTER)
@@ -101,8 +132,8 @@ def test_create_if_absent_race_behaviour_per_protocol(xrootd):
         assert wins, "someone always wins"
         assert http.get("r/%d" % i) in [b"writer-%d" % w for w in wins], "the object is one winner's, whole"
         doubles += len(wins) > 1
+    # Reported, not asserted: how often two writers both believe they won depends on timing (docs/storage.md).
     print("WebDAV on XrdHttp: %d of 30 races had more than one writer believing it won" % doubles)
-    assert doubles <= 30
 
 
 def test_checksum_queries_are_bounded_per_server(xrootd):

@@ -220,3 +220,17 @@ def test_newer_format_is_refused_not_skipped():
     rec["v"] = 99
     with pytest.raises(E.ConfigError, match="upgrade persistjob"):
         Record.from_bytes(json.dumps(rec).encode(), 1)
+
+
+@pytest.mark.parametrize("msg,trusted", [
+    ("Result (Neon): Server certificate verification failed: issuer is not trusted after 1 attempts", False),
+    ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)", False),
+    ("Hostname mismatch, certificate is not valid for 'x'", False),
+    ("Connection refused", True), ("No such file or directory", True)])
+def test_untrusted_server_certificate_is_a_configuration_error(msg, trusted):
+    from persistjob.storage.gfal import tls_trust_error
+
+    err = tls_trust_error("davs://se.example:443/store", msg)
+    assert (err is None) == trusted
+    if err is not None:
+        assert err.exit_code == 78 and "davs://se.example:443/store" in err.message and "X509_CERT_DIR" in err.message
