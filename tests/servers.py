@@ -70,10 +70,13 @@ def weed_binary() -> Optional[str]:
 
 
 class SeaweedFS:
-    """``weed mini`` on free ports of 127.0.0.1 with one S3 identity."""
+    """``weed mini`` on free ports of 127.0.0.1 with one S3 identity; with ``tls`` (``make_test_ca``'s
+    paths) its S3 port speaks https."""
 
-    def __init__(self, root: str, access_key: str = "pjtestkey", secret_key: str = "pjtestsecret") -> None:
+    def __init__(self, root: str, access_key: str = "pjtestkey", secret_key: str = "pjtestsecret",
+                 tls: Optional[Dict[str, str]] = None) -> None:
         self.root = root
+        self.tls = tls
         self.access_key = access_key
         self.secret_key = secret_key
         self.proc: Optional[subprocess.Popen] = None
@@ -82,7 +85,7 @@ class SeaweedFS:
 
     @property
     def endpoint(self) -> str:
-        return "http://127.0.0.1:%d" % self.ports["s3"]
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.ports["s3"])
 
     def env(self) -> Dict[str, str]:
         """The standard AWS variables for a client of this server."""
@@ -113,6 +116,8 @@ class SeaweedFS:
                "-master.telemetry=false"]
         cmd += ["-%s.port%s=%d" % (name.split(".")[0], ".grpc" if name.endswith(".grpc") else "", port)
                 for name, port in sorted(self.ports.items())]
+        if self.tls:
+            cmd += ["-s3.cert.file=" + self.tls["cert"], "-s3.key.file=" + self.tls["key"]]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
@@ -125,7 +130,8 @@ class SeaweedFS:
 
         client = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
                               aws_secret_access_key=self.secret_key, region_name="us-east-1",
-                              config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
+                              config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+                              verify=self.tls["ca"] if self.tls else None)
         end = time.monotonic() + timeout
         last: Exception = RuntimeError("not started")
         while time.monotonic() < end:
@@ -149,7 +155,8 @@ class SeaweedFS:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                            verify=self.tls["ca"] if self.tls else None)
 
     def make_bucket(self, name: Optional[str] = None) -> str:
         name = name or "pj-" + uuid.uuid4().hex[:12]
@@ -178,7 +185,8 @@ class SeaweedFS:
 def make_test_ca(directory: str) -> Dict[str, str]:
     """A throw-away CA and a server certificate for localhost/127.0.0.1 (openssl command line).
 
-    Returns the paths: ``cert``, ``key`` and ``cadir`` (the CA in OpenSSL's hashed-directory form,
+    Returns the paths: ``cert``, ``key``, ``ca`` (the CA certificate, what ``AWS_CA_BUNDLE`` names)
+    and ``cadir`` (the CA in OpenSSL's hashed-directory form,
     what ``X509_CERT_DIR`` names for gfal2/Davix and what xrootd's ``xrd.tlsca certdir`` reads).
     """
     os.makedirs(directory, exist_ok=True)
@@ -202,7 +210,7 @@ def make_test_ca(directory: str) -> Dict[str, str]:
         "-out", p["server.pem"], "-days", "7", "-extfile", p["ext.cnf"])
     shutil.copy(p["ca.pem"], os.path.join(cadir, "ca.pem"))
     ssl("rehash", cadir)
-    return {"cert": p["server.pem"], "key": p["server.key"], "cadir": cadir}
+    return {"cert": p["server.pem"], "key": p["server.key"], "cadir": cadir, "ca": p["ca.pem"]}
 
 
 class XRootD:

@@ -11,7 +11,7 @@ create-if-absent primitive that fencing is built on and raises
 import re
 from typing import Iterable, Iterator, NamedTuple, Optional
 
-from ..errors import InvalidURL
+from ..errors import InvalidURL, StorageConfigError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -77,3 +77,17 @@ def split_url(url: str) -> tuple:
     if not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
         raise InvalidURL("malformed store URL %r: bad scheme" % (url,))
     return scheme, rest
+
+
+_TLS_TRUST = ("certificate verification failed", "certificate verify failed", "issuer is not trusted",
+              "self-signed certificate", "self signed certificate", "unable to get local issuer",
+              "hostname mismatch", "doesn't match", "does not match")
+
+
+def tls_trust_error(store: str, msg: str, hint: str) -> Optional[StorageConfigError]:
+    """A server certificate we do not trust is a site configuration problem, not an outage:
+    retrying cannot fix it, and the job should be held with this reason (exit 78)."""
+    if any(t in msg.lower() for t in _TLS_TRUST):
+        return StorageConfigError("TLS: the server's certificate is not trusted for %s: %s (%s)"
+                                  % (store, " ".join(msg.split()), hint))
+    return None

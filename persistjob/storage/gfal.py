@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ..errors import InvalidURL, ObjectExists, ObjectNotFound, StorageConfigError, StorageError, StorageUnavailable
-from .base import Backend, ObjectInfo, check_key, split_url
+from .base import Backend, ObjectInfo, check_key, split_url, tls_trust_error
 
 SCHEMES = ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm")
 _XROOTD = ("root", "roots", "xroot")
@@ -85,28 +85,14 @@ def _gfal2() -> Any:
                                  "(Debian: apt-get install python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http)") from None
 
 
-_TLS_TRUST = ("certificate verification failed", "certificate verify failed", "issuer is not trusted",
-              "self-signed certificate", "self signed certificate", "unable to get local issuer",
-              "hostname mismatch", "doesn't match", "does not match")
-
-
 _GRID_CA_DIR = "/etc/grid-security/certificates"  # where grid sites keep the CAs they trust
-
-
-def tls_trust_error(what: str, msg: str) -> Optional[StorageConfigError]:
-    """A server certificate we do not trust is a site configuration problem, not an outage:
-    retrying cannot fix it, and the job should be held with this reason (exit 78)."""
-    if any(t in msg.lower() for t in _TLS_TRUST):
-        return StorageConfigError("TLS: the server's certificate is not trusted for %s: %s (set X509_CERT_DIR to the "
-                                  "directory of the CA certificates to trust, e.g. /etc/grid-security/certificates)"
-                                  % (what, msg))
-    return None
+_TLS_HINT = "set X509_CERT_DIR to the directory of the CA certificates to trust, e.g. " + _GRID_CA_DIR
 
 
 def _wrap(exc: Any, what: str, store: str = "") -> StorageError:
     code = getattr(exc, "code", 0)
     msg = " ".join(str(getattr(exc, "message", exc)).split())
-    trust = tls_trust_error(store or what, msg)
+    trust = tls_trust_error(store or what, msg, _TLS_HINT)
     if trust is not None:
         return trust
     if code == errno.ENOENT:
@@ -327,7 +313,7 @@ class GfalBackend(Backend):
             conn.request("MOVE", s.path, headers={"Destination": d, "Overwrite": "F"})
             status = conn.getresponse().status
         except ssl.SSLCertVerificationError as exc:
-            raise tls_trust_error(self.base, str(exc)) or StorageConfigError("MOVE %s: %s" % (key, exc)) from None
+            raise tls_trust_error(self.base, str(exc), _TLS_HINT) or StorageConfigError("MOVE %s: %s" % (key, exc)) from None
         except OSError as exc:
             raise StorageUnavailable("MOVE %s: %s" % (key, exc)) from None
         finally:

@@ -24,9 +24,10 @@ from ..errors import (
     StorageError,
     StorageUnavailable,
 )
-from .base import Backend, ObjectInfo, check_key, split_url
+from .base import Backend, ObjectInfo, check_key, split_url, tls_trust_error
 
 _PARAMS = {"endpoint", "region", "addressing", "profile", "verify"}
+_TLS_HINT = "set AWS_CA_BUNDLE to a file of the CA certificates to trust, or add ?verify=/path/to/ca.pem to the store URL"
 _SECRET_PARAMS = {"access_key", "secret_key", "aws_access_key_id", "aws_secret_access_key", "token", "session_token"}
 
 _RETRYABLE_CODES = {
@@ -90,6 +91,9 @@ class S3Backend(Backend):
             raise StorageConfigError("S3: no credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)") from None
         except be.ParamValidationError as exc:
             raise StorageConfigError("S3: invalid request: %s" % str(exc).splitlines()[0]) from None
+        except be.SSLError as exc:
+            trust = tls_trust_error(self.client.meta.endpoint_url, str(exc), _TLS_HINT)
+            raise trust or StorageUnavailable("S3 TLS failure: %s" % str(exc).splitlines()[0]) from None
         except (be.EndpointConnectionError, be.ConnectionError, be.HTTPClientError) as exc:
             raise StorageUnavailable("S3 unreachable: %s" % type(exc).__name__) from None
         except be.BotoCoreError as exc:

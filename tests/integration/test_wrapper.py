@@ -244,6 +244,34 @@ def test_bad_credentials_and_missing_bucket(s3store, tmp_path):
     assert _store_keys(s3store) == before
 
 
+def test_s3_over_tls_trusted_then_untrusted(tmp_path):
+    """A SeaweedFS whose S3 port speaks https with a test CA: trusted through AWS_CA_BUNDLE or ?verify=PATH,
+    the job commits; without the CA the run stops at once with exit 78 and one line about the certificate
+    (an untrusted server is a configuration problem, not an outage to retry), and nothing stored changes."""
+    from tests.conftest import Store
+    from tests.servers import SeaweedFS, make_test_ca
+
+    tls = make_test_ca(str(tmp_path / "tls"))
+    server = SeaweedFS(str(tmp_path / "weed"), tls=tls).start()
+    try:
+        bucket = server.make_bucket()
+        assert server.endpoint.startswith("https://")
+        trusted = Store("s3", "s3://%s/j" % bucket, dict(server.env(), AWS_CA_BUNDLE=tls["ca"]), server)
+        jid = job_id()
+        before = _seed(trusted, jid)
+        by_url = Store("s3", "s3://%s/j?verify=%s" % (bucket, tls["ca"]), server.env(), server)
+        r = by_url.cli("checkpoint", "verify", "--store", by_url.url, "--job-id", jid)
+        assert r.returncode == 0, r.stdout + r.stderr
+        untrusted = Store("s3", "s3://%s/j" % bucket, server.env(), server)
+        r = untrusted.cli("run", "--job-id", jid, "--store", untrusted.url, "--checkpoint-dir", str(tmp_path / "ck"),
+                          "--storage-timeout", "60s", "--", PY, COUNTER, timeout=60)
+        line = _assert_one_line_78(r)
+        assert "certificate is not trusted" in line and server.endpoint in line and "AWS_CA_BUNDLE" in line, line
+        assert _store_keys(trusted) == before
+    finally:
+        server.stop()
+
+
 def test_path_traversal_manifest_refused(store, tmp_path):
     from persistjob.checkpoint import Entry, encode_manifest
     import hashlib

@@ -228,9 +228,9 @@ def test_newer_format_is_refused_not_skipped():
     ("Hostname mismatch, certificate is not valid for 'x'", False),
     ("Connection refused", True), ("No such file or directory", True)])
 def test_untrusted_server_certificate_is_a_configuration_error(msg, trusted):
-    from persistjob.storage.gfal import tls_trust_error
+    from persistjob.storage.base import tls_trust_error
 
-    err = tls_trust_error("davs://se.example:443/store", msg)
+    err = tls_trust_error("davs://se.example:443/store", msg, "set X509_CERT_DIR")
     assert (err is None) == trusted
     if err is not None:
         assert err.exit_code == 78 and "davs://se.example:443/store" in err.message and "X509_CERT_DIR" in err.message
