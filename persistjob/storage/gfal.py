@@ -384,9 +384,33 @@ class GfalBackend(Backend):
             return False
         return True
 
-    def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
+    def _listdir(self, d: str, url: str) -> Iterator[Tuple[str, bool, int, float]]:
+        """(name, is_dir, size, mtime) of one directory, in one request: XRootD's dirlist with stat
+        information, or gfal2's readpp (WebDAV: one PROPFIND). A stat per entry instead took 75 s
+        for 2,000 log records over davs:// on this machine, and a round trip each over a WAN."""
         import stat as st
 
+        if self.xrootd:
+            flags = self._xrd_flags
+            status, listing = self._xrd_fs.dirlist(urlsplit(url).path, flags.DirListFlags.STAT)
+            if not status.ok:
+                raise _xrootd_error(status, d or "/")
+            for e in listing or ():
+                info = e.statinfo
+                if info is None:  # a stat the server could not give: ask for it alone
+                    one = self._call(d, self.ctx.stat, url + "/" + e.name)
+                    yield e.name, st.S_ISDIR(one.st_mode), int(one.st_size), float(one.st_mtime)
+                else:
+                    yield e.name, bool(info.flags & flags.StatInfoFlags.IS_DIR), int(info.size), float(info.modtime)
+            return
+        handle = self._call(d or "/", self.ctx.opendir, url)
+        while True:
+            dirent, info = self._call(d or "/", handle.readpp)
+            if dirent is None:
+                return
+            yield dirent.d_name, st.S_ISDIR(info.st_mode), int(info.st_size), float(info.st_mtime)
+
+    def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
         base_key = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         found: List[ObjectInfo] = []
         stack = [base_key]
@@ -394,20 +418,19 @@ class GfalBackend(Backend):
             d = stack.pop()
             url = self.base + ("/" + d if d else "")
             try:
-                names = self._call(d or "/", self.ctx.listdir, url)
+                entries = list(self._listdir(d, url))
             except ObjectNotFound:
                 continue
-            for name in names:
+            for name, is_dir, size, mtime in entries:
                 if name in (".", "..") or name.startswith(".tmp-"):
                     continue
                 key = (d + "/" + name) if d else name
-                info = self._call(key, self.ctx.stat, url + "/" + name)
-                if st.S_ISDIR(info.st_mode):
+                if is_dir:
                     if key.startswith(prefix) or prefix.startswith(key + "/"):
                         stack.append(key)
                     continue
                 if key.startswith(prefix) and (start_after is None or key > start_after):
-                    found.append(ObjectInfo(key, int(info.st_size), float(info.st_mtime)))
+                    found.append(ObjectInfo(key, size, mtime))
         found.sort()
         return iter(found)
 
