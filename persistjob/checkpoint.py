@@ -237,9 +237,14 @@ class JobLog:
         body = {"time": self.clock(), "host": host_name(), "pid": os.getpid(), "claim_seq": seq, "why": why}
         self.backend.put("%sfenced/%d-%d" % (self.prefix, int(self.clock()), os.getpid()), json.dumps(body).encode())
 
-    def fenced_notes(self) -> List[Dict[str, Any]]:
+    def fenced_notes(self, since: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The notes left by refused instances; with ``since``, only those written since then (the
+        time is in the note's name, so older ones are not even read)."""
         out = []
         for o in self.backend.list(self.prefix + "fenced/"):
+            stamp = o.key.rsplit("/", 1)[-1].split("-", 1)[0]
+            if since is not None and stamp.isdigit() and int(stamp) < int(since):
+                continue
             try:
                 out.append(json.loads(self.backend.get(o.key).decode()))
             except (ObjectNotFound, ValueError, UnicodeDecodeError):

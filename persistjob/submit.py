@@ -387,7 +387,8 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         v.crash_streak = head.crash_streak
         last = joblog.last_commit(head)
         v.last_commit = float(last.data.get("time", 0)) if last else None
-        v.fenced = sum(1 for n in joblog.fenced_notes() if now - float(n.get("time", 0)) < fenced_window)
+        v.fenced = sum(1 for n in joblog.fenced_notes(since=now - fenced_window)
+                       if now - float(n.get("time", 0)) < fenced_window)
     except PersistJobError as exc:
         v.store_error = exc.message
 

@@ -234,3 +234,20 @@ def test_untrusted_server_certificate_is_a_configuration_error(msg, trusted):
     assert (err is None) == trusted
     if err is not None:
         assert err.exit_code == 78 and "davs://se.example:443/store" in err.message and "X509_CERT_DIR" in err.message
+
+
+def test_fenced_notes_since_skips_old_notes_unread(tmp_path):
+    from persistjob.checkpoint import JobLog
+
+    b = get_backend("file://%s" % tmp_path)
+    now = [1_000_000.0]
+    joblog = JobLog(b, "job#fence", clock=lambda: now[0])
+    joblog.note_fenced(3, "old refusal")
+    now[0] += 3 * 86400
+    joblog.note_fenced(9, "new refusal")
+    assert sorted(n["claim_seq"] for n in joblog.fenced_notes()) == [3, 9]
+    reads = []
+    real_get = b.get
+    b.get = lambda key: reads.append(key) or real_get(key)
+    recent = joblog.fenced_notes(since=now[0] - 86400)
+    assert [n["why"] for n in recent] == ["new refusal"] and len(reads) == 1
