@@ -360,15 +360,19 @@ class StoreCache:
     """One storage client per store URL (jobs of one submission share their store)."""
 
     def __init__(self, timeout: float) -> None:
+        import threading
+
         self.timeout = timeout
         self._stores: Dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     def get(self, url: str) -> Any:
-        if url not in self._stores:
-            from .storage import RetryingBackend, get_backend
+        with self._lock:
+            if url not in self._stores:
+                from .storage import RetryingBackend, get_backend
 
-            self._stores[url] = RetryingBackend(get_backend(url), self.timeout)
-        return self._stores[url]
+                self._stores[url] = RetryingBackend(get_backend(url), self.timeout)
+            return self._stores[url]
 
 
 def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float, stores: StoreCache) -> None:
@@ -419,13 +423,23 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     c = "(%s =?= true)" % C.ATTR_JOB
     if constraint:
         c += " && (%s)" % constraint
-    views = []
+    views = [JobView(ad) for ad in scheduler.query(c)]
     stores = StoreCache(15.0)
-    for ad in scheduler.query(c):
-        v = JobView(ad)
-        store_view(v, store_override or ad.get(C.ATTR_STORE), fenced_window, now, stores)
+
+    def fill(v: JobView) -> None:
+        store_view(v, store_override or v.ad.get(C.ATTR_STORE), fenced_window, now, stores)
         v.flags = flag_job(v, now, idle_long=idle_long, default_interval=default_interval)
-        views.append(v)
+
+    # A few requests per job (log head, newest commit, fenced notes): in parallel, so that a site
+    # check over a thousand jobs does not wait for them one after another.
+    if len(views) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(8, len(views)), thread_name_prefix="persistjob-status") as pool:
+            list(pool.map(fill, views))
+    else:
+        for v in views:
+            fill(v)
     return views
 
 

@@ -152,3 +152,37 @@ def test_templates_are_what_submit_builds(name):
     o = SubmitOptions(**kw)
     assert cmds == build_description(o)
     assert queue == o.count
+
+
+def test_collect_status_joins_every_job_with_its_own_store_view(tmp_path):
+    """The store side is filled in parallel: each view must still get its own job's log (file:// stores,
+    a stand-in for the schedd: the join is our logic, the real pool runs it in tests/integration)."""
+    from persistjob.checkpoint import JobLog
+    from persistjob.storage import get_backend
+    from persistjob.submit import collect_status
+
+    url = "file://%s" % tmp_path
+    b = get_backend(url)
+    ads = []
+    for i in range(12):
+        gid = "schedd#%d.0#1700000000" % i
+        joblog = JobLog(b, gid, clock=lambda: 1_700_000_000.0)
+        head = joblog.head()
+        for g in range(1, i + 2):
+            mid = "%064x" % g
+            head = joblog.append(head, "commit", generation=g, manifest=mid, retained=((g, mid),))
+        ads.append({"ClusterId": i, "ProcId": 0, "GlobalJobId": gid, "JobStatus": 2, C.ATTR_STORE: url,
+                    "NumJobStarts": 1, "EnteredCurrentStatus": 1_700_000_000})
+    ads.append({"ClusterId": 99, "ProcId": 0, "GlobalJobId": "schedd#99.0#1", "JobStatus": 1, C.ATTR_STORE: None})
+
+    class Schedd:
+        def query(self, constraint):
+            assert "PersistJob" in constraint
+            return ads
+
+    views = collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
+                           now=1_700_000_100.0)
+    assert [v.ad["ClusterId"] for v in views] == list(range(12)) + [99]
+    assert [v.generation for v in views[:12]] == [i + 1 for i in range(12)], [v.store_error for v in views]
+    assert all(v.last_commit == 1_700_000_000.0 and not v.store_error for v in views[:12])
+    assert views[12].store_error == "no store URL in the job ad"
