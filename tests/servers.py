@@ -218,12 +218,14 @@ class XRootD:
     port for both http:// and https:// (davs://) with a certificate from a throw-away test CA.
 
     xrootd refuses to run as root: as root it runs as ``nobody`` (-R), with its data, admin and
-    pid paths and its key owned by that user. ADLER32 checksums are on (xrootd.chksum adler32).
+    pid paths and its key owned by that user. ADLER32 checksums are on (xrootd.chksum adler32) unless
+    ``checksums=False``.
     Clients of the https port trust the test CA with ``X509_CERT_DIR=<ca_dir>`` (``tls_env``).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, checksums: bool = True) -> None:
         self.root = root
+        self.checksums = checksums
         self.proc: Optional[subprocess.Popen] = None
         self.ports: Dict[str, int] = {}
 
@@ -261,10 +263,10 @@ class XRootD:
         cfg = os.path.join(self.root, "xrootd.cfg")
         with open(cfg, "w") as f:
             f.write("all.export /\noss.localroot %s/data\nall.adminpath %s/admin\nall.pidpath %s/admin\n"
-                    "xrootd.chksum adler32\nxrd.port %d\nxrd.protocol XrdHttp:%d libXrdHttp.so\n"
+                    "%sxrd.port %d\nxrd.protocol XrdHttp:%d libXrdHttp.so\n"
                     "xrd.tls %s/server.pem %s/server.key\nxrd.tlsca certdir %s\n"
-                    % (self.root, self.root, self.root, self.ports["root"], self.ports["http"], tls_dir, tls_dir,
-                       self.ca_dir))
+                    % (self.root, self.root, self.root, "xrootd.chksum adler32\n" if self.checksums else "",
+                       self.ports["root"], self.ports["http"], tls_dir, tls_dir, self.ca_dir))
         cmd = [binary, "-c", cfg, "-n", "pj%d" % self.ports["root"], "-l", os.path.join(self.root, "admin", "xrootd.log")]
         if os.geteuid() == 0:
             import pwd

@@ -122,12 +122,6 @@ def _checksum_slots(url: str, n: int) -> threading.BoundedSemaphore:
         return sem
 
 
-def _xrootd_retryable(status: Any) -> bool:
-    """A transport-level failure of the XRootD client (not a server's answer about the file)."""
-    return status.code in (101, 103, 104, 105, 106, 107, 108) or status.shellcode in (50, 51, 52, 53, 54) or \
-        "connect" in status.message.lower()
-
-
 def _xrootd_error(status: Any, what: str) -> StorageError:
     message = "%s: %s" % (what, status.message.strip())
     if status.errno == 3011:  # kXR_NotFound
@@ -225,9 +219,10 @@ class GfalBackend(Backend):
             if len(words) == 2 and words[0].lower() == "adler32":
                 return words[1]
             return None  # another algorithm configured: not comparable with ours
-        if _xrootd_retryable(status):
-            raise StorageUnavailable("checksum of %s: %s" % (path, status.message.strip()))
-        return None
+        if status.errno == 3013 or "not supported" in status.message.lower():  # kXR_Unsupported: no xrootd.chksum
+            return None
+        # Anything else (connection, overload, the file not yet visible) may pass: the put is retried.
+        raise StorageUnavailable("checksum of %s: %s" % (path, status.message.strip()))
 
     # -- interface
     def get(self, key: str) -> bytes:

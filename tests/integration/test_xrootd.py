@@ -95,6 +95,35 @@ def test_server_checksum_verifies_uploads(xrootd):
     assert b.ctx.checksum(b._url("obj"), "ADLER32").lstrip("0") == ("%08x" % (zlib.adler32(data) & 0xFFFFFFFF)).lstrip("0")
 
 
+def test_server_without_checksums(tmp_path, monkeypatch):
+    """A site whose xrootd has no xrootd.chksum: uploads work (our own sha256 still guards every read) on
+    root://, davs:// and http://, and a wrapper commits; the missing checksum is neither an error nor retried."""
+    import shutil
+    import tempfile
+
+    from persistjob.storage import get_backend
+
+    xdir = tempfile.mkdtemp(prefix="pj-xrd-")  # outside pytest's 0700 tmp: xrootd runs as nobody
+    server = XRootD(xdir, checksums=False).start()
+    try:
+        for k, v in server.tls_env().items():
+            monkeypatch.setenv(k, v)
+        for base in (server.root_url, server.davs_url, server.http_url):
+            b = get_backend("%s/pj-nock-%s" % (base, uuid.uuid4().hex[:8]))
+            b.put("j/chunks/a", b"one")
+            b.put("j/manifests/m", b"two")
+            assert (b.get("j/chunks/a"), b.get("j/manifests/m")) == (b"one", b"two")
+            assert not b.checksum, base
+        st = Store("root", "%s/pj-nock-run" % server.root_url, {}, server)
+        r = st.cli("run", "--job-id", "nock#1", "--store", st.url, "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--lifetime", "2s", "--interval", "1s", "--storage-timeout", "30s", "--", PY, COUNTER, timeout=90)
+        assert r.returncode == 85, r.stderr
+        assert "commit: generation" in r.stderr
+    finally:
+        server.stop()
+        shutil.rmtree(xdir, ignore_errors=True)
+
+
 def _race(b, key, n=8):
     wins = []
     barrier = threading.Barrier(n)
