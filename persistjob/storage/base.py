@@ -79,9 +79,11 @@ def split_url(url: str) -> tuple:
     return scheme, rest
 
 
+# What OpenSSL, Python's ssl, botocore and Neon/Davix say when they refuse a server's certificate.
 _TLS_TRUST = ("certificate verification failed", "certificate verify failed", "issuer is not trusted",
               "self-signed certificate", "self signed certificate", "unable to get local issuer",
-              "hostname mismatch", "doesn't match", "does not match")
+              "hostname mismatch", "issued for a different hostname", "certificate has expired",
+              "certificate is not yet valid")
 
 
 def tls_trust_error(store: str, msg: str, hint: str) -> Optional[StorageConfigError]:

@@ -226,7 +226,8 @@ def test_newer_format_is_refused_not_skipped():
     ("Result (Neon): Server certificate verification failed: issuer is not trusted after 1 attempts", False),
     ("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)", False),
     ("Hostname mismatch, certificate is not valid for 'x'", False),
-    ("Connection refused", True), ("No such file or directory", True)])
+    ("Server certificate verification failed: certificate has expired", False),
+    ("Connection refused", True), ("No such file or directory", True), ("Checksum does not match", True)])
 def test_untrusted_server_certificate_is_a_configuration_error(msg, trusted):
     from persistjob.storage.base import tls_trust_error
 
