@@ -144,12 +144,6 @@ class SubmitOptions:
 
     def __repr__(self) -> str:
         return "SubmitOptions(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
-        if self.mode not in ("freeze", "signal", "exit-code"):
-            raise ConfigError("unknown mode %r" % self.mode)
-        if not re.match(r"^[A-Za-z0-9_.-]+$", self.name):
-            raise ConfigError("--name may use letters, digits, '_', '.' and '-' only")
-        if self.cron is not None and not self.forever:
-            raise ConfigError("--cron jobs run on a schedule forever; --until-done does not apply")
 
 
 def _is_match_time(value: str) -> bool:
@@ -432,14 +426,10 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
 
     # A few requests per job (log head, newest commit, fenced notes): in parallel, so that a site
     # check over a thousand jobs does not wait for them one after another.
-    if len(views) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(8, len(views)), thread_name_prefix="persistjob-status") as pool:
-            list(pool.map(fill, views))
-    else:
-        for v in views:
-            fill(v)
+    with ThreadPoolExecutor(max(1, min(8, len(views))), thread_name_prefix="persistjob-status") as pool:
+        list(pool.map(fill, views))
     return views
 
 

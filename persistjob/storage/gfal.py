@@ -122,6 +122,12 @@ def _checksum_slots(url: str, n: int) -> threading.BoundedSemaphore:
         return sem
 
 
+def _tmp_url(url: str) -> str:
+    """A unique temporary name beside ``url`` (hidden from listings: ``.tmp-``)."""
+    parent, name = url.rsplit("/", 1)
+    return "%s/.tmp-%s-%s" % (parent, uuid.uuid4().hex, name)
+
+
 def _xrootd_error(status: Any, what: str) -> StorageError:
     message = "%s: %s" % (what, status.message.strip())
     if status.errno == 3011:  # kXR_NotFound
@@ -251,8 +257,7 @@ class GfalBackend(Backend):
             self._write(url, data)
             self._verify(url, data)
             return
-        parent, name = url.rsplit("/", 1)
-        tmp = "%s/.tmp-%s-%s" % (parent, uuid.uuid4().hex, name)
+        tmp = _tmp_url(url)
         self._write(tmp, data)
         try:
             self._verify(tmp, data)
@@ -264,11 +269,10 @@ class GfalBackend(Backend):
     def put_if_absent(self, key: str, data: bytes) -> None:
         url = self._url(key)
         if self.xrootd:
-            return self._xrootd_create(key, url, data)
+            return self._xrootd_write(url, data, exclusive=True, what=key)
         if self.exists(key):
             raise ObjectExists(key)
-        parent, name = url.rsplit("/", 1)
-        tmp = "%s/.tmp-%s-%s" % (parent, uuid.uuid4().hex, name)
+        tmp = _tmp_url(url)
         self._write(tmp, data)
         try:
             self._move_no_overwrite(tmp, url, key)
@@ -320,20 +324,25 @@ class GfalBackend(Backend):
         if status >= 400:
             raise StorageConfigError("MOVE %s refused: HTTP %d" % (key, status))
 
-    def _xrootd_write(self, url: str, data: bytes) -> None:
+    def _xrootd_write(self, url: str, data: bytes, exclusive: bool = False, what: str = "") -> None:
+        """Write a whole object: open, write, close. ``exclusive`` is create-if-absent (``kXR_new``:
+        ObjectExists when the name is taken), else the object is replaced (``kXR_delete``)."""
         flags = self._xrd_flags.OpenFlags
+        verb, what = ("create" if exclusive else "write"), (what or url)
         f = self._xrd.File()
-        status, _ = f.open(url, flags.DELETE | flags.MAKEPATH)
+        status, _ = f.open(url, (flags.NEW if exclusive else flags.DELETE) | flags.MAKEPATH)
         if not status.ok:
-            raise _xrootd_error(status, "write %s" % url)
+            if exclusive and (status.errno == 3018 or "exists" in status.message.lower()):  # kXR_ItExists
+                raise ObjectExists(what)
+            raise _xrootd_error(status, "%s %s" % (verb, what))
         try:
             status, _ = f.write(data)
             if not status.ok:
-                raise _xrootd_error(status, "write %s" % url)
+                raise _xrootd_error(status, "%s %s" % (verb, what))
         finally:
             closed, _ = f.close()
         if not closed.ok:
-            raise _xrootd_error(closed, "close %s" % url)
+            raise _xrootd_error(closed, "close %s" % what)
 
     def _xrootd_read(self, key: str, url: str) -> bytes:
         f = self._xrd.File()
@@ -352,23 +361,6 @@ class GfalBackend(Backend):
                 parts.append(data)
                 offset += len(data)
             return b"".join(parts)
-        finally:
-            f.close()
-
-    def _xrootd_create(self, key: str, url: str, data: bytes) -> None:
-        flags = self._xrd_flags.OpenFlags.NEW | self._xrd_flags.OpenFlags.MAKEPATH
-        f = self._xrd.File()
-        status, _ = f.open(url, flags)
-        if not status.ok:
-            if status.errno == 3018 or "exists" in status.message.lower():
-                raise ObjectExists(key)
-            if status.errno == 3010:  # kXR_NotAuthorized
-                raise StorageConfigError("create %s: %s" % (key, status.message.strip()))
-            raise StorageUnavailable("create %s: %s" % (key, status.message.strip()))
-        try:
-            st, _ = f.write(data)
-            if not st.ok:
-                raise StorageUnavailable("write %s: %s" % (key, st.message.strip()))
         finally:
             f.close()
 
