@@ -31,7 +31,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from persistjob.checkpoint import Checkpointer, JobLog  # noqa: E402
+from persistjob.repo import JobRepo  # noqa: E402
 from persistjob.storage.s3 import S3Backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 
@@ -77,14 +77,14 @@ def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
             subprocess.run(["xrdcp", "-s", "-f", tar_path, "%s/raw/%d.tar" % (server.root_url, r)], check=True)
             raw_up.append(time.perf_counter() - t)
             backend = get_backend("%s/ours%d" % (server.root_url, r))
-            seconds, joblog, mid, _ = full_commit(backend, "bench#root%d" % r, state)
+            seconds, repo, gen, _ = full_commit(backend, "bench#root%d" % r, state)
             ours_up.append(seconds)
             dl = os.path.join(work, "dl-root.tar")
             t = time.perf_counter()
             subprocess.run(["xrdcp", "-s", "-f", "%s/raw/%d.tar" % (server.root_url, r), dl], check=True)
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
-            ours_down.append(timed_restore(backend, joblog, mid, os.path.join(work, "restore-root%d" % r)))
+            ours_down.append(timed_restore(backend, repo, gen, os.path.join(work, "restore-root%d" % r)))
         print("root:// (xrootd 5.5 on 127.0.0.1, XRootD client + gfal2, server adler32 checked on every upload):")
         ratio_row("full commit vs xrdcp of the tar", raw_up, ours_up)
         ratio_row("restore vs xrdcp of the tar back", raw_down, ours_down)
@@ -99,23 +99,23 @@ def fmt(x: float) -> str:
 
 def full_commit(backend, job_id: str, state: str):
     """Time one full commit of ``state`` (chunks, manifest, log record) as the wrapper does it."""
-    joblog = JobLog(backend, job_id)
-    ck = Checkpointer(backend, joblog.prefix, state)
+    repo = JobRepo(backend, job_id)
+    repo.claim()
+    ck = repo.workspace(state)
     try:
         t = time.perf_counter()
         snap = ck.snapshot()
-        mid = ck.upload(snap)
-        joblog.append(joblog.head(), "commit", generation=1, manifest=mid, retained=((1, mid),))
-        return time.perf_counter() - t, joblog, mid, snap.stats.transferred
+        rec = repo.commit(ck, snap)
+        return time.perf_counter() - t, repo, rec.generation, snap.stats.transferred
     finally:
         ck.close()
 
 
-def timed_restore(backend, joblog, mid: str, dest: str) -> float:
-    ck = Checkpointer(backend, joblog.prefix, dest)
+def timed_restore(backend, repo, generation: int, dest: str) -> float:
+    ck = JobRepo(backend, repo.job_id).workspace(dest)
     try:
         t = time.perf_counter()
-        ck.restore(mid)
+        JobRepo(backend, repo.job_id).restore(ck, generation)
         return time.perf_counter() - t
     finally:
         ck.close()
@@ -156,10 +156,10 @@ def main() -> int:
             raw_up.append(time.perf_counter() - t)
 
             backend = S3Backend(bucket, "ours%d/" % r, client, "s3://bench/ours%d/" % r)
-            seconds, joblog, mid, transferred = full_commit(backend, "bench#%d" % r, state)
+            seconds, repo, gen, transferred = full_commit(backend, "bench#%d" % r, state)
             ours_up.append(seconds)
             uploaded.append(transferred)
-            manifests.append((backend, joblog, mid))
+            manifests.append((backend, repo, gen))
 
             dl = os.path.join(work, "dl.tar")
             t = time.perf_counter()
@@ -167,7 +167,7 @@ def main() -> int:
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
 
-            ours_down.append(timed_restore(backend, joblog, mid, os.path.join(work, "restore%d" % r)))
+            ours_down.append(timed_restore(backend, repo, gen, os.path.join(work, "restore%d" % r)))
 
         m = statistics.median
         print()
@@ -177,9 +177,9 @@ def main() -> int:
         print("   bytes stored by a full commit: %.0f MB of %d MB (zstd on the text half)" % (m(uploaded) / 2 ** 20, size >> 20))
 
         # incremental + freeze, on one job with a warm stat cache (as in a running wrapper)
-        backend, joblog, _ = manifests[0]
+        backend, repo, _ = manifests[0]
         inc_t, inc_b, freeze_t, cold_t = [], [], [], []
-        ck = Checkpointer(backend, joblog.prefix, state, racy=0)
+        ck = repo.workspace(state, racy=0)
         ck.upload(ck.snapshot())  # warm the cache and the known-chunk set
         for r in range(a.repeat):
             change_one_percent(state, a.mb)
@@ -189,7 +189,7 @@ def main() -> int:
             ck.upload(snap)
             inc_t.append(time.perf_counter() - t)
             inc_b.append(snap.stats.transferred)
-        cold = Checkpointer(backend, joblog.prefix, state)
+        cold = repo.workspace(state)
         cold.known = set(ck.known)
         for r in range(a.repeat):
             cold.cache = {}

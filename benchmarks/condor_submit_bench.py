@@ -26,7 +26,7 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from persistjob.checkpoint import JobLog  # noqa: E402
+from persistjob.repo.log import JobLog  # noqa: E402
 from persistjob.storage import get_backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 

@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from persistjob.wq.manager import import_work_queue  # noqa: E402
-from persistjob.wq.state import COMPLETED, JobTable  # noqa: E402
+from persistjob.wq.manager.table import COMPLETED, JobTable  # noqa: E402
 from tests.servers import free_ports  # noqa: E402
 
 

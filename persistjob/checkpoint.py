@@ -1,374 +1,41 @@
-"""Checkpoint format: commit log with fencing, manifests, chunks, runs, GC.
+"""A checkpoint directory as chunks and entries: snapshot, upload, restore.
 
-Layout under ``<store>/<sha256(job id)>/``::
-
-    log/000000000001     append-only records, written create-if-absent
-    head                 best-effort hint of a recent log sequence number
-    manifests/<sha256>   zstd JSON: files, modes, sizes, mtimes, chunk hashes
-    chunks/<sha256>      1 byte codec + data (0 raw, 1 zstd); name = hash of raw
-    runs/<run>-<seq>     per-run accounting (JSON)
-
-A log record is one of ``claim`` (a run takes the job), ``commit`` (a
-generation is published), ``end`` (a run ended in order).  Every record
-carries the job's current state (run number, generation, manifest, retained
-generations, crash streak), so the newest record alone says everything the
-next run needs.  Two writers can never both create record N+1: the loser is
-*fenced* and stops.  Log records are never deleted.
-
-Chunking is fixed-size per file (default 1 MiB): chunk boundaries survive
-in-place edits and appends, and it runs at the speed of sha256 (docs/
-design.md says why not content-defined chunking).
+:class:`Checkpointer` reads the payload's checkpoint directory into :class:`~persistjob.codec.Entry`
+lists and content-addressed chunks (fixed-size per file, default 1 MiB: boundaries survive in-place
+edits and appends, and it runs at the speed of sha256; docs/design.md says why not content-defined
+chunking), uploads only the chunks the store does not have, and materializes a verified entry list
+back into the directory.  It knows no storage keys: chunks go through a :class:`ChunkStore`, which
+the repository layer (``persistjob.repo``) provides.
 """
 
 import collections
 import hashlib
-import json
 import logging
 import os
 import shutil
-import socket
 import stat
 import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
-from .errors import ConfigError, Fenced, IntegrityError, ObjectExists, ObjectNotFound, UnsafeManifest
-from .storage import Backend
+from .codec import Entry, decode_chunk, encode_chunk
+from .errors import IntegrityError, ObjectNotFound
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-_CODEC_RAW = b"\x00"
-_CODEC_ZSTD = b"\x01"
-_MAX_CHUNK = 64 << 20
-_HEX = set("0123456789abcdef")
-HINT_EVERY = 64
 
+class ChunkStore:
+    """Where chunks live, by digest (the repository layer implements it over its key layout)."""
 
-def job_key(job_id: str) -> str:
-    """Storage key of a job: hex sha256 of its ID."""
-    return hashlib.sha256(job_id.encode("utf-8")).hexdigest()
+    def put(self, digest: str, blob: bytes) -> None:
+        raise NotImplementedError
 
-
-def _is_hash(s: Any) -> bool:
-    return isinstance(s, str) and len(s) == 64 and set(s) <= _HEX
-
-
-# ------------------------------------------------------------------ codecs
-
-_tls = threading.local()
-
-
-def _compressor() -> Any:
-    c = getattr(_tls, "cctx", None)
-    if c is None:
-        import zstandard
-
-        c = _tls.cctx = zstandard.ZstdCompressor(level=1)
-    return c
-
-
-def _decompressor() -> Any:
-    d = getattr(_tls, "dctx", None)
-    if d is None:
-        import zstandard
-
-        d = _tls.dctx = zstandard.ZstdDecompressor()
-    return d
-
-
-def encode_chunk(data: bytes) -> bytes:
-    """Compress when it pays (>= 3% smaller), else store raw."""
-    packed = _compressor().compress(data)
-    if len(packed) < len(data) * 0.97:
-        return _CODEC_ZSTD + packed
-    return _CODEC_RAW + bytes(data)
-
-
-def decode_chunk(blob: bytes, digest: str, size: int) -> bytes:
-    """Decode a stored chunk and verify it against its name."""
-    if not blob:
-        raise IntegrityError("chunk %s is empty" % digest[:12])
-    codec, body = blob[:1], blob[1:]
-    try:
-        if codec == _CODEC_ZSTD:
-            data = _decompressor().decompress(body, max_output_size=size)
-        elif codec == _CODEC_RAW:
-            data = body
-        else:
-            raise IntegrityError("chunk %s has unknown codec" % digest[:12])
-    except IntegrityError:
-        raise
-    except Exception as exc:
-        raise IntegrityError("chunk %s does not decompress: %s" % (digest[:12], exc)) from None
-    if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-        raise IntegrityError("chunk %s fails its hash" % digest[:12])
-    return data
-
-
-# ----------------------------------------------------------------- records
-
-
-class Record(NamedTuple):
-    seq: int
-    kind: str
-    run: int
-    generation: int
-    manifest: Optional[str]
-    retained: Tuple[Tuple[int, str], ...]
-    crash_streak: int
-    data: Dict[str, Any]
-
-    def to_bytes(self) -> bytes:
-        body = dict(self.data)
-        body.update(v=FORMAT_VERSION, seq=self.seq, kind=self.kind, run=self.run, generation=self.generation,
-                    manifest=self.manifest, retained=[list(r) for r in self.retained], crash_streak=self.crash_streak)
-        return json.dumps(body, sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes, seq: int) -> "Record":
-        try:
-            d = json.loads(blob.decode())
-            version = int(d.pop("v", 1))
-            rec = cls(int(d.pop("seq")), str(d.pop("kind")), int(d.pop("run")), int(d.pop("generation")),
-                      d.pop("manifest"), tuple((int(g), str(m)) for g, m in d.pop("retained")),
-                      int(d.pop("crash_streak", 0)), d)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise IntegrityError("log record %d is malformed: %s" % (seq, exc)) from None
-        if version > FORMAT_VERSION:
-            raise ConfigError("log record %d has format %d, newer than this persistjob understands (%d): upgrade "
-                              "persistjob on this worker" % (seq, version, FORMAT_VERSION))
-        if rec.seq != seq or rec.kind not in ("claim", "commit", "end"):
-            raise IntegrityError("log record %d is inconsistent" % seq)
-        if rec.manifest is not None and not _is_hash(rec.manifest):
-            raise IntegrityError("log record %d names a bad manifest id" % seq)
-        return rec
-
-
-EMPTY = Record(0, "none", 0, 0, None, (), 0, {})
-
-
-class JobLog:
-    """The append-only, fenced log of one job."""
-
-    def __init__(self, backend: Backend, job_id: str, clock: Callable[[], float] = time.time) -> None:
-        self.backend = backend
-        self.job_id = job_id
-        self.key = job_key(job_id)
-        self.prefix = self.key + "/"
-        self.clock = clock
-
-    def log_key(self, seq: int) -> str:
-        return "%slog/%012d" % (self.prefix, seq)
-
-    def _seq_of(self, key: str) -> Optional[int]:
-        name = key.rsplit("/", 1)[-1]
-        return int(name) if name.isdigit() else None
-
-    def _read_hint(self) -> int:
-        try:
-            return max(0, int(self.backend.get(self.prefix + "head").decode().strip()))
-        except (ObjectNotFound, ValueError, UnicodeDecodeError):
-            return 0
-
-    def get(self, seq: int) -> Record:
-        return Record.from_bytes(self.backend.get(self.log_key(seq)), seq)
-
-    def head(self) -> Record:
-        """The newest readable record (EMPTY when the job has no log yet)."""
-        hint = self._read_hint()
-        start = self.log_key(hint - 1) if hint > 1 else None
-        seqs = [s for s in (self._seq_of(o.key) for o in self.backend.list(self.prefix + "log/", start)) if s]
-        if not seqs and start is not None:  # a hint from the future: ignore it
-            seqs = [s for s in (self._seq_of(o.key) for o in self.backend.list(self.prefix + "log/")) if s]
-        for seq in sorted(seqs, reverse=True):
-            try:
-                return self.get(seq)
-            except IntegrityError as exc:
-                log.warning("log: %s; using an older record", exc)
-            except ObjectNotFound:
-                continue
-        if seqs:
-            # Records exist but none we looked at was readable: the state is
-            # unknown, and starting fresh would bury it.
-            raise IntegrityError("no readable record in the job's log")
-        return EMPTY
-
-    def append(self, prev: Record, kind: str, **changes: Any) -> Record:
-        """Create record prev.seq+1, or raise Fenced if another writer took it."""
-        fields = dict(prev._asdict())
-        data = dict(changes.pop("data", {}))
-        data.setdefault("time", self.clock())
-        data.setdefault("host", host_name())
-        data.setdefault("pid", os.getpid())
-        data.setdefault("nonce", uuid.uuid4().hex)
-        fields.update(changes, seq=prev.seq + 1, kind=kind, data=data)
-        rec = Record(**fields)
-        try:
-            self.backend.put_if_absent(self.log_key(rec.seq), rec.to_bytes())
-        except ObjectExists:
-            raise Fenced("log record %d was written by another instance of job %s" % (rec.seq, self.job_id)) from None
-        if rec.seq % HINT_EVERY == 0:
-            try:
-                self.backend.put(self.prefix + "head", str(rec.seq).encode())
-            except Exception as exc:  # the hint is only a hint
-                log.debug("could not update log hint: %s", exc)
-        return rec
-
-    def superseded(self, mine: Record) -> bool:
-        """True when someone appended after our newest record."""
-        return self.backend.exists(self.log_key(mine.seq + 1))
-
-    def records(self) -> Iterator[Record]:
-        for o in self.backend.list(self.prefix + "log/"):
-            seq = self._seq_of(o.key)
-            if seq:
-                try:
-                    yield self.get(seq)
-                except (IntegrityError, ObjectNotFound) as exc:
-                    log.warning("log: %s", exc)
-
-    def note_fenced(self, seq: int, why: str) -> None:
-        """Leave a note (outside the log) that a stale instance was refused."""
-        body = {"time": self.clock(), "host": host_name(), "pid": os.getpid(), "claim_seq": seq, "why": why}
-        self.backend.put("%sfenced/%d-%d" % (self.prefix, int(self.clock()), os.getpid()), json.dumps(body).encode())
-
-    def fenced_notes(self, since: Optional[float] = None) -> List[Dict[str, Any]]:
-        """The notes left by refused instances; with ``since``, only those written since then (the
-        time is in the note's name, so older ones are not even read)."""
-        out = []
-        for o in self.backend.list(self.prefix + "fenced/"):
-            stamp = o.key.rsplit("/", 1)[-1].split("-", 1)[0]
-            if since is not None and stamp.isdigit() and int(stamp) < int(since):
-                continue
-            try:
-                out.append(json.loads(self.backend.get(o.key).decode()))
-            except (ObjectNotFound, ValueError, UnicodeDecodeError):
-                continue
-        return out
-
-    def last_commit(self, head: Optional[Record] = None) -> Optional[Record]:
-        """The newest commit record (walking back from the head)."""
-        rec = head or self.head()
-        while rec.seq > 0:
-            if rec.kind == "commit":
-                return rec
-            try:
-                rec = self.get(rec.seq - 1)
-            except (ObjectNotFound, IntegrityError):
-                return None
-        return None
-
-    def put_run(self, run: int, seq: int, info: Dict[str, Any]) -> None:
-        self.backend.put("%sruns/%08d-%012d" % (self.prefix, run, seq), json.dumps(info, sort_keys=True).encode())
-
-    def runs(self) -> List[Dict[str, Any]]:
-        out = []
-        for o in self.backend.list(self.prefix + "runs/"):
-            try:
-                out.append(json.loads(self.backend.get(o.key).decode()))
-            except (ObjectNotFound, ValueError, UnicodeDecodeError):
-                continue
-        return out
-
-
-# --------------------------------------------------------------- manifests
-
-
-class Entry(NamedTuple):
-    path: str
-    type: str  # "f" file, "d" directory, "l" symlink
-    mode: int
-    size: int
-    mtime_ns: int
-    chunks: Tuple[Tuple[str, int], ...] = ()
-    target: str = ""
-
-    def to_json(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {"p": self.path, "t": self.type, "m": self.mode, "mt": self.mtime_ns}
-        if self.type == "f":
-            d["s"] = self.size
-            d["c"] = [list(c) for c in self.chunks]
-        elif self.type == "l":
-            d["l"] = self.target
-        return d
-
-
-def encode_manifest(entries: List[Entry], meta: Dict[str, Any]) -> bytes:
-    body = dict(meta, v=FORMAT_VERSION, entries=[e.to_json() for e in entries])
-    return _compressor().compress(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-
-
-def _check_path(p: Any) -> str:
-    if not isinstance(p, str) or not p or p.startswith("/") or "\x00" in p or "\\" in p:
-        raise UnsafeManifest("unsafe path %r in manifest" % (p,))
-    parts = p.split("/")
-    if any(x in ("", ".", "..") for x in parts):
-        raise UnsafeManifest("unsafe path %r in manifest" % (p,))
-    return p
-
-
-def decode_manifest(blob: bytes, manifest_id: str) -> Tuple[List[Entry], Dict[str, Any]]:
-    """Verify, parse and validate a manifest.
-
-    A manifest that fails its hash is an :class:`IntegrityError` (fall back);
-    one that is intact but names unsafe paths or file types is an
-    :class:`UnsafeManifest` (refuse: a human must look).
-    """
-    if hashlib.sha256(blob).hexdigest() != manifest_id:
-        raise IntegrityError("manifest %s fails its hash" % manifest_id[:12])
-    try:
-        body = json.loads(_decompressor().decompress(blob, max_output_size=1 << 30).decode())
-        raw = body.pop("entries")
-    except Exception as exc:
-        raise IntegrityError("manifest %s is unreadable: %s" % (manifest_id[:12], exc)) from None
-    entries: List[Entry] = []
-    seen: Set[str] = set()
-    links: Set[str] = set()
-    dirs: Set[str] = set()
-    for e in raw:
-        path = _check_path(e.get("p"))
-        kind = e.get("t")
-        if path in seen:
-            raise UnsafeManifest("duplicate path %r in manifest" % path)
-        parents = path.split("/")[:-1]
-        for i in range(1, len(parents) + 1):
-            anc = "/".join(parents[:i])
-            if anc in links:
-                raise UnsafeManifest("path %r goes through symlink %r" % (path, anc))
-            if anc not in dirs:
-                raise UnsafeManifest("path %r comes before its directory" % path)
-        seen.add(path)
-        mode = int(e.get("m", 0o644)) & 0o1777
-        mtime = int(e.get("mt", 0))
-        if kind == "f":
-            chunks = tuple((str(h), int(n)) for h, n in e.get("c", ()))
-            size = int(e.get("s", -1))
-            if any(not _is_hash(h) or not 0 <= n <= _MAX_CHUNK for h, n in chunks) or sum(n for _, n in chunks) != size:
-                raise UnsafeManifest("bad chunk list for %r in manifest" % path)
-            entries.append(Entry(path, "f", mode, size, mtime, chunks))
-        elif kind == "d":
-            dirs.add(path)
-            entries.append(Entry(path, "d", mode, 0, mtime))
-        elif kind == "l":
-            target = e.get("l")
-            if not isinstance(target, str) or not target or "\x00" in target or target.startswith("/"):
-                raise UnsafeManifest("symlink %r points outside the checkpoint directory" % path)
-            resolved = os.path.normpath(os.path.join(os.path.dirname(path), target))
-            if resolved == ".." or resolved.startswith("../"):
-                raise UnsafeManifest("symlink %r points outside the checkpoint directory" % path)
-            links.add(path)
-            entries.append(Entry(path, "l", 0o777, 0, mtime, target=target))
-        else:
-            raise UnsafeManifest("file type %r of %r is not allowed (devices, fifos and sockets never are)" % (kind, path))
-    return entries, body
-
-
-# ---------------------------------------------------------------- snapshot
+    def get(self, digest: str) -> bytes:
+        """The stored blob; :class:`~persistjob.errors.ObjectNotFound` when missing."""
+        raise NotImplementedError
 
 
 class Stats:
@@ -411,6 +78,8 @@ class Snapshot:
         self.new_chunks = new_chunks
 
 
+# Size: one class, because snapshot and restore share the stat cache and the known-chunk set (a restore
+# primes both, so that the next snapshot reads and uploads only what the payload changed).
 class Checkpointer:
     """Snapshots a directory and uploads what the store does not have.
 
@@ -420,11 +89,10 @@ class Checkpointer:
     (its mtime may not have moved: the "racy git" problem).
     """
 
-    def __init__(self, backend: Backend, prefix: str, root: str, *, chunk_size: int = C.DEFAULT_CHUNK_SIZE,
+    def __init__(self, chunks: ChunkStore, root: str, *, chunk_size: int = C.DEFAULT_CHUNK_SIZE,
                  workers: int = 8, clock: Callable[[], float] = time.time, cancel: Callable[[], bool] = lambda: False,
                  racy: float = 2.0) -> None:
-        self.backend = backend
-        self.prefix = prefix
+        self.chunks = chunks
         self.root = os.path.abspath(root)
         self.chunk_size = chunk_size
         self.workers = workers
@@ -444,9 +112,6 @@ class Checkpointer:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    def chunk_key(self, digest: str) -> str:
-        return self.prefix + "chunks/" + digest
 
     # -- snapshot
     def snapshot(self, spool_parent: Optional[str] = None) -> Snapshot:
@@ -479,7 +144,7 @@ class Checkpointer:
                 else:
                     if self.cancel():
                         raise IntegrityError("checkpoint cancelled")
-                    self.backend.put(self.chunk_key(digest), blob)
+                    self.chunks.put(digest, blob)
                     stats.add(transferred=len(blob))
                 with new_lock:
                     new_chunks.append(digest)
@@ -579,8 +244,8 @@ class Checkpointer:
             stack.extend(reversed(subdirs))
 
     # -- upload
-    def upload(self, snap: Snapshot) -> str:
-        """Upload spooled chunks and the manifest; return the manifest id."""
+    def upload(self, snap: Snapshot) -> None:
+        """Upload the spooled chunks of a snapshot (the repository then publishes its manifest)."""
         t0 = time.monotonic()
         spool = snap.spool
         if spool is not None:
@@ -589,7 +254,7 @@ class Checkpointer:
                     raise IntegrityError("checkpoint cancelled")
                 with open(os.path.join(spool, digest), "rb") as f:
                     blob = f.read()
-                self.backend.put(self.chunk_key(digest), blob)
+                self.chunks.put(digest, blob)
                 snap.stats.add(transferred=len(blob))
 
             try:
@@ -598,23 +263,13 @@ class Checkpointer:
             finally:
                 shutil.rmtree(spool, ignore_errors=True)
             self.known.update(snap.new_chunks)
-        blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": self.chunk_size})
-        manifest_id = hashlib.sha256(blob).hexdigest()
-        self.backend.put(self.prefix + "manifests/" + manifest_id, blob)
-        snap.stats.add(transferred=len(blob), seconds=time.monotonic() - t0)
-        return manifest_id
+        snap.stats.add(seconds=time.monotonic() - t0)
 
     # -- restore
-    def restore(self, manifest_id: str, stats: Optional[Stats] = None) -> Stats:
-        """Replace the directory's content with a verified generation."""
+    def restore(self, entries: List[Entry], stats: Optional[Stats] = None) -> Stats:
+        """Replace the directory's content with these (validated) entries, every chunk verified."""
         stats = stats or Stats()
         t0 = time.monotonic()
-        try:
-            blob = self.backend.get(self.prefix + "manifests/" + manifest_id)
-        except ObjectNotFound:
-            raise IntegrityError("manifest %s is missing" % manifest_id[:12]) from None
-        entries, _meta = decode_manifest(blob, manifest_id)
-        stats.add(transferred=len(blob))
         parent = os.path.dirname(self.root)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".persistjob-restore-", dir=parent)
@@ -639,7 +294,7 @@ class Checkpointer:
 
     def _fetch(self, digest: str, size: int, stats: Stats) -> bytes:
         try:
-            blob = self.backend.get(self.chunk_key(digest))
+            blob = self.chunks.get(digest)
         except ObjectNotFound:
             raise IntegrityError("chunk %s is missing" % digest[:12]) from None
         stats.add(transferred=len(blob))
@@ -728,53 +383,3 @@ class Checkpointer:
                 shutil.move(os.path.join(tmp, name), os.path.join(root, name))
             os.rmdir(tmp)
         shutil.rmtree(trash, ignore_errors=True)
-
-
-# --------------------------------------------------------------- retention
-
-
-def retained_after(new: Tuple[int, str], old: Iterable[Tuple[int, str]], keep: int,
-                   drop: Iterable[str] = ()) -> Tuple[Tuple[int, str], ...]:
-    """Generations kept after committing ``new``: the newest ``keep``."""
-    dropped = set(drop)
-    out = [new] + [r for r in old if r[1] != new[1] and r[1] not in dropped]
-    return tuple(out[:max(1, keep)])
-
-
-def collect_garbage(backend: Backend, prefix: str, retained: Iterable[Tuple[int, str]], *, grace: float = 3600.0,
-                    now: Optional[float] = None, still_owner: Callable[[], bool] = lambda: True) -> Dict[str, int]:
-    """Delete manifests and chunks that no retained generation references.
-
-    Objects younger than ``grace`` seconds are spared (a new owner may be
-    uploading them), and ownership is re-checked just before deleting.
-    """
-    now = time.time() if now is None else now
-    keep_manifests = {m for _, m in retained}
-    referenced: Set[str] = set()
-    for mid in keep_manifests:
-        try:
-            entries, _ = decode_manifest(backend.get(prefix + "manifests/" + mid), mid)
-        except (ObjectNotFound, IntegrityError, UnsafeManifest):
-            continue
-        referenced.update(h for e in entries for h, _ in e.chunks)
-    doomed: List[str] = []
-    freed = 0
-    for o in backend.list(prefix + "manifests/"):
-        if o.key.rsplit("/", 1)[-1] not in keep_manifests and now - o.mtime > grace:
-            doomed.append(o.key)
-            freed += o.size
-    n_manifests = len(doomed)
-    for o in backend.list(prefix + "chunks/"):
-        if o.key.rsplit("/", 1)[-1] not in referenced and now - o.mtime > grace:
-            doomed.append(o.key)
-            freed += o.size
-    if doomed and still_owner():
-        backend.delete_many(doomed)
-    else:
-        doomed = []
-        freed = n_manifests = 0
-    return {"manifests": n_manifests, "chunks": len(doomed) - n_manifests, "bytes": freed}
-
-
-def host_name() -> str:
-    return socket.gethostname()

@@ -16,94 +16,45 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from . import constants as C
-from .errors import ConfigError, IntegrityError, ObjectNotFound, PersistJobError, UnsafeManifest
-from .identity import check_job_id, parse_duration, parse_size
+from . import contract as X
+from .errors import ConfigError, PersistJobError
+from .identity import check_job_id, format_bytes, parse_duration
+from .options import add_run_options, given, run_argv, run_options
 
 log = logging.getLogger("persistjob")
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, with the rules of this CLI: no abbreviated options (a prefix such as ``--max-run``
+    is an unknown option, never silently another one), an unknown option is named before a missing
+    one, and every usage error is one line and exit 78."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> "None":  # type: ignore[override]
         raise ConfigError("%s: %s (see %s --help)" % (self.prog, message, self.prog))
 
-
-def _duration(text: str) -> float:
-    return parse_duration(text)
-
-
-def _size(text: str) -> int:
-    return parse_size(text)
-
-
-def _signal(text: str) -> int:
-    import signal
-
-    name = text.upper()
-    if name.isdigit():
-        return int(name)
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(getattr(signal, name))
-    except AttributeError:
-        raise ConfigError("unknown signal %r" % text) from None
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        required = [a for a in self._actions if a.required and a.option_strings]
+        for a in required:
+            a.required = False
+        try:
+            ns, extras = super().parse_known_args(args, namespace)
+        finally:
+            for a in required:
+                a.required = True
+        unknown = [x for x in extras if x.startswith("-")]
+        if unknown:
+            self.error("unrecognized arguments: %s" % " ".join(unknown))
+        missing = [a.option_strings[0] for a in required if getattr(ns, a.dest, None) is None]
+        if missing:
+            self.error("the following arguments are required: %s" % ", ".join(missing))
+        return ns, extras
 
 
-def add_run_options(p: argparse.ArgumentParser, with_job_id: bool = True) -> None:
-    g = p.add_argument_group("run options")
-    g.add_argument("--store", required=True, metavar="URL", help="file:///path or s3://bucket/prefix[?endpoint=...]")
-    if with_job_id:
-        g.add_argument("--job-id", help="default: GlobalJobId from $_CONDOR_JOB_AD, else $PERSISTJOB_JOB_ID")
-    g.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="payload state and working directory "
-                   "(default: ./persistjob-checkpoint; replaced on restore)")
-    g.add_argument("--interval", type=_duration, default=C.DEFAULT_INTERVAL, help="checkpoint interval (default 1h)")
-    g.add_argument("--lifetime", type=_duration, default=C.DEFAULT_LIFETIME, help="run length before exiting 85 (default 12h)")
-    g.add_argument("--mode", choices=("freeze", "signal", "exit-code"), default="freeze",
-                   help="how the payload state is made consistent (default freeze)")
-    g.add_argument("--vacate-grace", type=_duration, default=C.DEFAULT_VACATE_GRACE,
-                   help="time allowed for the final checkpoint after SIGTERM (default 60s)")
-    g.add_argument("--keep", type=int, default=C.DEFAULT_KEEP, help="generations retained (default 3)")
-    g.add_argument("--crash-limit", type=int, default=C.DEFAULT_CRASH_LIMIT,
-                   help="consecutive failed runs without a commit before exit 79 (default 3)")
-    g.add_argument("--storage-timeout", type=_duration, default=C.DEFAULT_STORAGE_TIMEOUT,
-                   help="retry budget of one storage operation (default 5m)")
-    g.add_argument("--chunk-size", type=_size, default=C.DEFAULT_CHUNK_SIZE, help="chunk size (default 1M)")
-    g.add_argument("--checkpoint-signal", type=_signal, default=None, help="signal mode: signal sent (default USR1)")
-    g.add_argument("--marker-timeout", type=_duration, default=600.0, help="signal mode: wait for the marker (default 10m)")
-    g.add_argument("--lease-check", type=_duration, default=60.0, help="how often to check for a newer owner (default 60s)")
-    g.add_argument("--gc-grace", type=_duration, default=3600.0, help="spare unreferenced objects younger than this (default 1h)")
-
-
-def _run_options(a: argparse.Namespace, payload: Sequence[str]) -> Any:
-    from .wrapper import RunOptions
-
-    kw: Dict[str, Any] = dict(
-        store=a.store, payload=tuple(payload), job_id=getattr(a, "job_id", None),
-        checkpoint_dir=a.checkpoint_dir or "persistjob-checkpoint", interval=a.interval, lifetime=a.lifetime,
-        mode=a.mode, vacate_grace=a.vacate_grace, keep=a.keep, crash_limit=a.crash_limit,
-        storage_timeout=a.storage_timeout, chunk_size=a.chunk_size, marker_timeout=a.marker_timeout,
-        lease_check=a.lease_check, gc_grace=a.gc_grace,
-    )
-    if a.checkpoint_signal is not None:
-        kw["checkpoint_signal"] = a.checkpoint_signal
-    return RunOptions(**kw)
-
-
-def _forwarded_run_args(argv: Sequence[str], skip: Sequence[str] = ("--max-runs", "--name", "--retry-delay",
-                                                                     "--checkpoint-dir")) -> List[str]:
-    """The run options of a ``local`` (or ``wq submit``) command line, minus that verb's own."""
-    out: List[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        key = arg.split("=", 1)[0]
-        if key in skip:
-            i += 1 if "=" in arg else 2
-            continue
-        out.append(arg)
-        i += 1
-    return out
+_duration = parse_duration
 
 
 # ------------------------------------------------------------------ commands
@@ -112,25 +63,23 @@ def _forwarded_run_args(argv: Sequence[str], skip: Sequence[str] = ("--max-runs"
 def cmd_run(a: argparse.Namespace) -> int:
     from .wrapper import Wrapper
 
-    return Wrapper(_run_options(a, a.payload)).run()
+    return Wrapper(run_options(a, a.payload)).run()
 
 
 def cmd_local(a: argparse.Namespace) -> int:
     from .local import run_local
-
-    opts = _run_options(a, a.payload)  # validate everything before the first run
-    from .wrapper import resolve_payload
-
-    resolve_payload(opts.payload[0])
     from .storage import get_backend
+    from .worker.payload import resolve_payload
 
+    opts = run_options(a, a.payload, job_id="local#x")  # validate everything before the first run
+    resolve_payload(opts.payload[0])
     get_backend(opts.store).close()
     if a.max_runs < 1:
         raise ConfigError("--max-runs must be at least 1")
     name = a.name or os.path.basename(a.payload[0])
     check_job_id("local#" + name)
-    return run_local(_forwarded_run_args(a.run_argv), a.payload, name=name, max_runs=a.max_runs,
-                     checkpoint_dir=os.path.abspath(a.checkpoint_dir) if a.checkpoint_dir else None,
+    return run_local(run_argv(given(a, skip=("job_id", "checkpoint_dir"))), a.payload, name=name,
+                     max_runs=a.max_runs, checkpoint_dir=os.path.abspath(a.checkpoint_dir) if a.checkpoint_dir else None,
                      retry_delay=a.retry_delay)
 
 
@@ -154,12 +103,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      payload, name=a.name, max_runs=a.runs)
 
 
-def _job(a: argparse.Namespace) -> Tuple[Any, Any]:
-    from .checkpoint import JobLog
+def _repo(a: argparse.Namespace) -> Any:
+    from .repo import JobRepo
     from .storage import RetryingBackend, get_backend
 
-    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
-    return store, JobLog(store, check_job_id(a.job_id))
+    return JobRepo(RetryingBackend(get_backend(a.store), a.storage_timeout), check_job_id(a.job_id))
 
 
 def _when(t: Optional[float]) -> str:
@@ -168,25 +116,19 @@ def _when(t: Optional[float]) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _commits(joblog: Any) -> List[Any]:
-    return [r for r in joblog.records() if r.kind == "commit"]
-
-
 def cmd_ls(a: argparse.Namespace) -> int:
-    from .wrapper import _fmt_bytes
-
-    _store, joblog = _job(a)
-    head = joblog.head()
+    repo = _repo(a)
+    head = repo.head()
     retained = {m for _, m in head.retained}
-    rows = _commits(joblog)
+    rows = repo.generations()
     if a.json:
-        print(json.dumps({"job_id": a.job_id, "key": joblog.key, "runs": head.run, "generation": head.generation,
+        print(json.dumps({"job_id": a.job_id, "key": repo.key, "runs": head.run, "generation": head.generation,
                           "last_record": head.kind, "generations": [
                               dict(generation=r.generation, manifest=r.manifest, run=r.run, time=r.data.get("time"),
                                    files=r.data.get("files"), bytes=r.data.get("bytes"), uploaded=r.data.get("uploaded"),
                                    retained=r.manifest in retained) for r in rows]}, indent=1))
         return 0
-    print("job %s (key %s): %d runs, newest generation %d, last record: %s" % (a.job_id, joblog.key[:12], head.run,
+    print("job %s (key %s): %d runs, newest generation %d, last record: %s" % (a.job_id, repo.key[:12], head.run,
                                                                              head.generation, head.kind))
     if not rows:
         print("no generations committed")
@@ -196,32 +138,21 @@ def cmd_ls(a: argparse.Namespace) -> int:
     for r in rows:
         print("%5d  %-19s  %4s  %6s  %10s  %10s  %-12s  %s" % (
             r.generation, _when(r.data.get("time")), r.run, r.data.get("files", "-"),
-            _fmt_bytes(r.data.get("bytes", 0)), _fmt_bytes(r.data.get("uploaded", 0)), (r.manifest or "")[:12],
+            format_bytes(r.data.get("bytes", 0)), format_bytes(r.data.get("uploaded", 0)), (r.manifest or "")[:12],
             "yes" if r.manifest in retained else "no"))
     return 0
 
 
-def _pick(joblog: Any, generation: Optional[int]) -> Tuple[int, str]:
-    head = joblog.head()
-    if generation is None:
-        if not head.manifest:
-            raise ConfigError("job %s has no committed generation" % joblog.job_id)
-        return head.generation, head.manifest
-    for r in _commits(joblog):
-        if r.generation == generation:
-            return r.generation, r.manifest
-    raise ConfigError("job %s has no generation %d" % (joblog.job_id, generation))
-
-
 def cmd_show(a: argparse.Namespace) -> int:
-    from .checkpoint import decode_manifest
+    from .errors import IntegrityError
 
-    store, joblog = _job(a)
-    gen, mid = _pick(joblog, a.generation)
+    repo = _repo(a)
+    gen, mid = repo.pick(a.generation)
     try:
-        entries, meta = decode_manifest(store.get(joblog.prefix + "manifests/" + mid), mid)
-    except ObjectNotFound:
-        raise ConfigError("manifest %s of generation %d was garbage-collected" % (mid[:12], gen)) from None
+        entries, meta = repo.manifest(mid)
+    except IntegrityError as exc:
+        raise ConfigError("manifest %s of generation %d cannot be read (garbage-collected or damaged): %s"
+                          % (mid[:12], gen, exc)) from None
     if a.json:
         print(json.dumps({"generation": gen, "manifest": mid, "meta": meta, "entries": [e.to_json() for e in entries]}, indent=1))
         return 0
@@ -233,67 +164,45 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .checkpoint import Stats, decode_chunk, decode_manifest
-
-    store, joblog = _job(a)
-    head = joblog.head()
-    targets = [_pick(joblog, a.generation)] if a.generation is not None else list(head.retained)
-    if not targets:
+    results = _repo(a).verify(a.generation)
+    if not results:
         print("job %s has no committed generation" % a.job_id)
         return 0
-    bad = 0
-    for gen, mid in targets:
-        stats = Stats()
-        try:
-            entries, _ = decode_manifest(store.get(joblog.prefix + "manifests/" + mid), mid)
-            seen = set()
-            for e in entries:
-                for digest, n in e.chunks:
-                    if digest in seen:
-                        continue
-                    seen.add(digest)
-                    try:
-                        blob = store.get(joblog.prefix + "chunks/" + digest)
-                    except ObjectNotFound:
-                        raise IntegrityError("chunk %s is missing" % digest[:12]) from None
-                    decode_chunk(blob, digest, n)
-                    stats.add(transferred=len(blob), chunks_new=1)
-            print("generation %d: ok (%d files, %d chunks, %d bytes stored)" % (
-                gen, sum(1 for e in entries if e.type == "f"), stats.chunks_new, stats.transferred))
-        except (IntegrityError, UnsafeManifest, ObjectNotFound) as exc:
-            bad += 1
-            print("generation %d: DAMAGED: %s" % (gen, exc))
-    return 1 if bad else 0
+    for gen, error, stats in results:
+        if error:
+            print("generation %d: DAMAGED: %s" % (gen, error))
+        else:
+            print("generation %d: ok (%d files, %d chunks, %d bytes stored)" % (gen, stats.files, stats.chunks_new,
+                                                                             stats.transferred))
+    return 1 if any(error for _, error, _ in results) else 0
 
 
 def cmd_restore(a: argparse.Namespace) -> int:
-    from .checkpoint import Checkpointer
-
-    store, joblog = _job(a)
+    repo = _repo(a)
     dest = os.path.abspath(a.dest)
     if os.path.exists(dest) and os.listdir(dest) and not a.force:
         raise ConfigError("destination %s is not empty (use --force to replace its content)" % dest)
-    gen, mid = _pick(joblog, a.generation)
-    ckpt = Checkpointer(store, joblog.prefix, dest)
+    ws = repo.workspace(dest)
     try:
-        stats = ckpt.restore(mid)
-    except IntegrityError as exc:
-        raise IntegrityError("generation %d cannot be restored: %s" % (gen, exc)) from None
+        restored = repo.restore(ws, a.generation, fallback=not a.no_fallback)
     finally:
-        ckpt.close()
-    print("restored generation %d into %s (%d files, %d bytes)" % (gen, dest, stats.files, stats.bytes))
+        ws.close()
+    if restored.generation == 0:
+        raise ConfigError("job %s has no committed generation" % a.job_id)
+    for f in restored.fallbacks:
+        print("generation %d is damaged (%s); fell back to the previous generation" % (f["generation"], f["error"]))
+    print("restored generation %d into %s (%d files, %d bytes)" % (restored.generation, dest, restored.stats.files,
+                                                                   restored.stats.bytes))
     return 0
 
 
 def cmd_gc(a: argparse.Namespace) -> int:
-    from .checkpoint import collect_garbage
-
-    store, joblog = _job(a)
-    head = joblog.head()
+    repo = _repo(a)
+    head = repo.head()
     if not head.retained:
         print("job %s has no committed generation; nothing to collect" % a.job_id)
         return 0
-    stats = collect_garbage(store, joblog.prefix, head.retained, grace=a.grace)
+    stats = repo.gc(a.grace, head.retained)
     print("deleted %d manifests and %d chunks (%d bytes); kept generations %s" % (
         stats["manifests"], stats["chunks"], stats["bytes"], ", ".join(str(g) for g, _ in head.retained)))
     return 0
@@ -306,29 +215,32 @@ def cmd_submit(a: argparse.Namespace) -> int:
     from . import submit as S
 
     o = S.SubmitOptions(
-        store=a.store, payload=tuple(a.payload), count=a.count, lifetime=a.lifetime, interval=a.interval, mode=a.mode,
-        vacate_grace=a.vacate_grace, forever=not a.until_done, name=a.name, wrapper=a.wrapper or S.default_wrapper(),
-        crash_limit=a.crash_limit, release_limit=a.release_limit, release_base=int(a.release_base), cron=a.cron,
-        cron_window=None if a.cron_window is None else int(a.cron_window),
+        store=a.store, payload=tuple(a.payload), count=a.count, forever=not a.until_done, name=a.name,
+        wrapper=a.wrapper or S.default_wrapper(), release_limit=a.release_limit, release_base=a.release_base,
+        retry_base=a.retry_base, cron=a.cron, cron_window=None if a.cron_window is None else int(a.cron_window),
         cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
         transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
-        getenv=tuple(a.getenv), initialdir=a.initialdir,
+        getenv=tuple(a.getenv), initialdir=a.initialdir, **given(a, skip=("store", "job_id")),
     )
     desc = S.build_description(o)
     if a.dry_run:
         sys.stdout.write(S.format_description(desc, o.count))
         return 0
-    cluster = S.Scheduler(a.schedd, a.pool).submit(desc, o.count)
+    from .schedd import Scheduler
+
+    cluster = Scheduler(a.schedd, a.pool).submit(desc, o.count)
     print("%d persistent job(s) submitted to cluster %d" % (o.count, cluster))
     log.info("submit: %s", S.describe_for_humans(o))
     return 0
 
 
 def cmd_status(a: argparse.Namespace) -> int:
-    from . import submit as S
+    from . import constants as C
+    from . import status as S
+    from .schedd import Scheduler
 
     now = time.time()
-    views = S.collect_status(S.Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
+    views = S.collect_status(Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
                              default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, now=now)
     if a.json:
         print(json.dumps([v.as_json() for v in views], indent=1, default=str))
@@ -340,10 +252,12 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def cmd_rm(a: argparse.Namespace) -> int:
-    from . import submit as S
+    from . import constants as C
+    from .schedd import Scheduler, SchedulerError, jobspec_constraint
+    from .status import StoreCache, purge_store
 
-    sched = S.Scheduler(a.schedd, a.pool)
-    constraint = "(%s =?= true) && (%s)" % (C.ATTR_JOB, S.jobspec_constraint(a.jobspec))
+    sched = Scheduler(a.schedd, a.pool)
+    constraint = "(%s =?= true) && (%s)" % (C.ATTR_JOB, jobspec_constraint(a.jobspec))
     ads = sched.query(constraint, ["ClusterId", "ProcId", "GlobalJobId", C.ATTR_STORE])
     if not ads:
         raise ConfigError("no persistent job matches %s" % a.jobspec)
@@ -358,14 +272,14 @@ def cmd_rm(a: argparse.Namespace) -> int:
         time.sleep(1)
     left = sched.query(ids, ["ClusterId"])
     if left:
-        raise S.SchedulerError("%d removed job(s) still in the queue after %.0fs; not purging yet" % (len(left), a.wait))
-    stores = S.StoreCache(60.0)
+        raise SchedulerError("%d removed job(s) still in the queue after %.0fs; not purging yet" % (len(left), a.wait))
+    stores = StoreCache(60.0)
     for ad in ads:
         store = a.store or ad.get(C.ATTR_STORE)
         if not store or "$$(" in str(store):
             print("%s.%s: no store URL known; give --store to purge" % (ad["ClusterId"], ad["ProcId"]))
             continue
-        n_obj = S.purge_store(stores.get(store), ad["GlobalJobId"])
+        n_obj = purge_store(stores.get(store), ad["GlobalJobId"])
         print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], n_obj))
     return 0
 
@@ -374,14 +288,14 @@ def cmd_rm(a: argparse.Namespace) -> int:
 
 
 def _wq_work_dir(a: argparse.Namespace) -> str:
-    from .wq.state import default_work_dir
+    from .wq.manager.table import default_work_dir
 
     return os.path.abspath(a.work_dir or default_work_dir())
 
 
 def cmd_wq_manager(a: argparse.Namespace) -> int:
     from .wq.manager import Manager, ManagerOptions
-    from .wq.shimsetup import install_shims
+    from .wq.shims.install import install_shims
 
     wd = _wq_work_dir(a)
     install_shims(wd)
@@ -399,16 +313,15 @@ def cmd_wq_submit(a: argparse.Namespace) -> int:
 
     if a.count < 1:
         raise ConfigError("--count must be at least 1")
-    opts = _run_options(a, a.payload)  # validates the run options
-    del opts
-    run_args = _forwarded_run_args(a.run_argv, skip=("--count", "--work-dir", "--name"))
+    run_options(a, a.payload, job_id="wq#x")  # validates the run options
+    run_args = run_argv(given(a, skip=("job_id",)))
     cluster = submit_persistent(_wq_work_dir(a), a.count, a.name, tuple(run_args), tuple(a.payload), getpass.getuser())
     print("%d persistent task(s) submitted to cluster %d (job IDs wq#%s#0..%d)" % (a.count, cluster, a.name, a.count - 1))
     return 0
 
 
 def cmd_wq_env(a: argparse.Namespace) -> int:
-    from .wq.shimsetup import env_lines, install_shims
+    from .wq.shims.install import env_lines, install_shims
 
     wd = _wq_work_dir(a)
     install_shims(wd)
@@ -457,10 +370,11 @@ def _fill_run(r: argparse.ArgumentParser) -> None:
 
 
 def _fill_local(lo: argparse.ArgumentParser) -> None:
-    add_run_options(lo, with_job_id=False)
+    add_run_options(lo, skip=("job_id",))
     lo.add_argument("--max-runs", type=int, required=True)
     lo.add_argument("--name", help="job name (default: payload's base name)")
-    lo.add_argument("--retry-delay", type=_duration, default=1.0, help="first delay after 75 or 1 (default 1s)")
+    lo.add_argument("--retry-delay", type=_duration, default=X.LOCAL_RETRY_BASE,
+                    help="first delay after 'try later' (75), doubling (default 1s)")
     lo.add_argument("payload", nargs="*")
     lo.set_defaults(func=cmd_local)
 
@@ -475,20 +389,19 @@ def _fill_demo(d: argparse.ArgumentParser) -> None:
 
 
 def _fill_submit(su: argparse.ArgumentParser) -> None:
-    su.add_argument("--store", required=True, metavar="URL", help="store URL; may be a match-time $$(Attr:default)")
+    add_run_options(su, skip=("job_id",), match_time=("store", "lifetime", "interval", "checkpoint_dir"))
     su.add_argument("--count", type=int, default=1)
-    su.add_argument("--lifetime", default="12h")
-    su.add_argument("--interval", default="1h")
-    su.add_argument("--mode", choices=("freeze", "signal", "exit-code"), default="freeze")
-    su.add_argument("--vacate-grace", type=_duration, default=C.DEFAULT_VACATE_GRACE)
     fo = su.add_mutually_exclusive_group()
     fo.add_argument("--forever", action="store_true", default=True, help="re-run forever (default)")
     fo.add_argument("--until-done", action="store_true", help="remove the job when the payload finishes (exit 0)")
     su.add_argument("--name", default="persistjob")
     su.add_argument("--wrapper", help="path of persistjob on the worker nodes (default: this one)")
-    su.add_argument("--crash-limit", type=int, default=C.DEFAULT_CRASH_LIMIT)
-    su.add_argument("--release-limit", type=int, default=5, help="crash-loop holds released automatically (default 5)")
-    su.add_argument("--release-base", type=_duration, default=60.0, help="first release backoff, doubling (default 60s)")
+    su.add_argument("--release-limit", type=int, default=X.DEFAULT_RELEASE_LIMIT,
+                    help="crash-loop holds released automatically (default %d)" % X.DEFAULT_RELEASE_LIMIT)
+    su.add_argument("--release-base", type=_duration, default=X.DEFAULT_RELEASE_BASE,
+                    help="first crash-loop release delay, doubling (default 1m)")
+    su.add_argument("--retry-base", type=_duration, default=X.DEFAULT_RETRY_BASE,
+                    help="first delay after 'try later' (75), doubling up to 30m (default 30s)")
     su.add_argument("--cron", metavar="'MIN HOUR DOM MON DOW'", help="run on this schedule (cron_* commands)")
     su.add_argument("--cron-window", type=_duration)
     su.add_argument("--cron-prep-time", type=_duration)
@@ -542,12 +455,14 @@ def _fill_wq(wq: argparse.ArgumentParser) -> None:
     m.add_argument("--max-retries", type=int, default=3, help="Work Queue failures retried per job (0: none)")
     m.add_argument("--persistjob-cmd", help="how workers run persistjob (default: this Python -m persistjob)")
     m.add_argument("--pass-env", action="append", metavar="PATTERN", help="manager variables given to persistent tasks (default AWS_*)")
-    m.add_argument("--retry-delay", type=_duration, default=30.0, help="delay after exit 75 (default 30s)")
-    m.add_argument("--release-base", type=_duration, default=60.0, help="first crash-loop release delay (default 60s)")
-    m.add_argument("--release-limit", type=int, default=5)
+    m.add_argument("--retry-delay", type=_duration, default=X.DEFAULT_RETRY_BASE,
+                   help="first delay after 'try later' (75), doubling up to 30m (default 30s)")
+    m.add_argument("--release-base", type=_duration, default=X.DEFAULT_RELEASE_BASE,
+                   help="first crash-loop release delay, doubling (default 1m)")
+    m.add_argument("--release-limit", type=int, default=X.DEFAULT_RELEASE_LIMIT)
     m.set_defaults(func=cmd_wq_manager)
     ws = wqs.add_parser("submit", help="submit persistent tasks to the manager's table")
-    add_run_options(ws, with_job_id=False)
+    add_run_options(ws, skip=("job_id",))
     ws.add_argument("--count", type=int, default=1)
     ws.add_argument("--name", default="persistjob", help="job IDs are wq#NAME#0..N-1 (deterministic)")
     ws.add_argument("--work-dir")
@@ -593,6 +508,8 @@ def _fill_checkpoint(ck: argparse.ArgumentParser) -> None:
     x.add_argument("--generation", type=int)
     x.add_argument("--dest", required=True)
     x.add_argument("--force", action="store_true")
+    x.add_argument("--no-fallback", action="store_true",
+                   help="refuse a damaged generation instead of falling back to the previous one")
     x.set_defaults(func=cmd_restore)
     x = cks.add_parser("gc", help="delete what no retained generation references")
     job_args(x)
@@ -673,4 +590,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print("persistjob: internal error: %s: %s (set PERSISTJOB_DEBUG=1 for a traceback)" % (type(exc).__name__, exc),
               file=sys.stderr, flush=True)
-        return C.EXIT_PAYLOAD_FAILED
+        return X.EXIT_PAYLOAD_FAILED

@@ -1,38 +1,9 @@
-"""Constants shared by the submit side and the worker side.
+"""Names shared by the submit side and the worker side, and the wrapper's defaults.
 
-One small module, imported by both, so that the exit-code contract and the
-names of job-ad attributes are never duplicated by hand.
-
-Exit-code contract of ``persistjob run`` (scheduler policies are built on it):
-
-====  ===================================================================
-code  meaning
-====  ===================================================================
-0     the payload finished (and its final state was committed)
-1     the payload failed; the last good generation is kept; run me again
-75    try later: another instance owns the job (fenced), or storage was
-      unreachable after bounded retries (never a fresh start then)
-78    configuration or bad input; needs a human (HTCondor: hold)
-79    crash loop: K consecutive runs failed without a new commit
-85    checkpointed, run me again (lifetime over, or evicted)
-====  ===================================================================
+One small module, imported by both, so that job-ad attribute names, the payload's environment and
+the defaults are never duplicated by hand.  The exit codes and what executors do with them live in
+``contract.py``; the run options in ``options.py``.
 """
-
-EXIT_DONE = 0
-EXIT_PAYLOAD_FAILED = 1
-EXIT_TEMPFAIL = 75
-EXIT_CONFIG = 78
-EXIT_CRASHLOOP = 79
-EXIT_CHECKPOINTED = 85
-
-EXIT_MEANINGS = {
-    EXIT_DONE: "done",
-    EXIT_PAYLOAD_FAILED: "payload failed",
-    EXIT_TEMPFAIL: "try later",
-    EXIT_CONFIG: "configuration error",
-    EXIT_CRASHLOOP: "crash loop",
-    EXIT_CHECKPOINTED: "checkpointed",
-}
 
 # Environment given to the payload.
 ENV_JOB_ID = "PERSISTJOB_JOB_ID"

@@ -6,7 +6,7 @@ traceback is shown for an expected failure.  Storage errors have a
 retried.
 """
 
-from . import constants as C
+from . import contract as X
 
 
 def reason_from_stderr(lines: "list", default: str = "") -> str:
@@ -26,7 +26,7 @@ def reason_from_stderr(lines: "list", default: str = "") -> str:
 class PersistJobError(Exception):
     """persistjob failed."""
 
-    exit_code = C.EXIT_CONFIG
+    exit_code = X.EXIT_CONFIG
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message or (self.__doc__ or "").strip())
@@ -39,13 +39,13 @@ class PersistJobError(Exception):
 class ConfigError(PersistJobError):
     """bad configuration or input"""
 
-    exit_code = C.EXIT_CONFIG
+    exit_code = X.EXIT_CONFIG
 
 
 class TryLater(PersistJobError):
     """try later"""
 
-    exit_code = C.EXIT_TEMPFAIL
+    exit_code = X.EXIT_TEMPFAIL
 
 
 class Fenced(TryLater):
@@ -58,7 +58,7 @@ class Fenced(TryLater):
 class StorageError(PersistJobError):
     """storage failed"""
 
-    exit_code = C.EXIT_TEMPFAIL
+    exit_code = X.EXIT_TEMPFAIL
 
 
 class StorageUnavailable(StorageError):
@@ -68,7 +68,7 @@ class StorageUnavailable(StorageError):
 class StorageConfigError(StorageError):
     """storage refused the request: credentials, bucket or permissions"""
 
-    exit_code = C.EXIT_CONFIG
+    exit_code = X.EXIT_CONFIG
 
 
 class ObjectNotFound(StorageError):
@@ -89,7 +89,7 @@ class InvalidURL(ConfigError):
 class IntegrityError(PersistJobError):
     """stored data failed verification"""
 
-    exit_code = C.EXIT_TEMPFAIL
+    exit_code = X.EXIT_TEMPFAIL
 
 
 class UnsafeManifest(ConfigError):
@@ -98,3 +98,6 @@ class UnsafeManifest(ConfigError):
 
 class NoIntactGeneration(ConfigError):
     """no committed generation could be restored intact"""
+
+    #: The damaged generations, newest first (set by the repository).
+    fallbacks: "list" = []

@@ -1,4 +1,4 @@
-"""Job identity and small parsing helpers shared by CLI and wrapper."""
+"""Job identity and small parsing and formatting helpers shared by the CLI and the wrapper."""
 
 import re
 from typing import Mapping, Optional
@@ -24,6 +24,14 @@ def parse_size(text: str) -> int:
     if not m:
         raise ConfigError("invalid size %r (examples: 512k, 1M)" % (text,))
     return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+    return "%d B" % n  # pragma: no cover
 
 
 def read_classad_attr(path: str, attr: str) -> Optional[str]:

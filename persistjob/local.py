@@ -1,10 +1,12 @@
 """``persistjob local``: the embedded scheduler for development and demos.
 
-Re-runs ``persistjob run`` the way HTCondor does with ``on_exit_remove =
-false``: 85 and 1 run again, 75 runs again after a backoff, 0 is done,
-78 and 79 are a hold (stop, show the wrapper's reason).  Each run gets a
-fresh checkpoint directory unless one is given, as if it had landed on a new
-worker node, so every resume really comes from the store.
+Re-runs ``persistjob run`` as a scheduler would, by the exit-code contract
+(``contract.py``): "rerun" codes run again at once, "rerun-later" ones after a
+delay that doubles with each consecutive one, "complete" ends the job, "hold"
+codes stop with the wrapper's reason (a human is watching: there is no
+automatic release here).  Each run gets a fresh checkpoint directory unless
+one is given, as if it had landed on a new worker node, so every resume
+really comes from the store.
 """
 
 import logging
@@ -15,19 +17,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
-from . import constants as C
+from . import contract as X
 from .errors import reason_from_stderr
 
 log = logging.getLogger("persistjob.local")
 
 
 def run_local(run_args: Sequence[str], payload: Sequence[str], *, name: str, max_runs: int,
-              checkpoint_dir: Optional[str] = None, retry_delay: float = 1.0, out=None) -> int:
+              checkpoint_dir: Optional[str] = None, retry_delay: float = X.LOCAL_RETRY_BASE, out=None,
+              sleep: Callable[[float], None] = time.sleep) -> int:
     out = out or sys.stderr
     job_id = "local#" + name
-    backoff = retry_delay
+    later = 0  # consecutive "rerun-later" exits
     stop = {"sig": None}
     child: List[subprocess.Popen] = []
 
@@ -66,25 +69,27 @@ def run_local(run_args: Sequence[str], payload: Sequence[str], *, name: str, max
                 child[:] = []
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
-            meaning = C.EXIT_MEANINGS.get(code, "failed")
-            print("local: run %d exited %d (%s)" % (n, code, meaning), file=out, flush=True)
-            if code in (C.EXIT_CONFIG, C.EXIT_CRASHLOOP):
+            rule = X.rule(code)
+            print("local: run %d exited %d (%s)" % (n, code, rule.name), file=out, flush=True)
+            if rule.action in (X.HOLD, X.HOLD_RELEASE):
                 print("local: job %s held: %s" % (job_id, reason_from_stderr(lines)), file=out, flush=True)
                 return code
-            if code == C.EXIT_DONE:
+            if rule.action == X.COMPLETE:
                 print("local: job %s completed" % job_id, file=out, flush=True)
                 return 0
             if stop["sig"] is not None:
                 print("local: stopped by %s; the job stays in its store" % signal.Signals(stop["sig"]).name, file=out)
                 return code
-            if code == C.EXIT_CHECKPOINTED:
-                backoff = retry_delay
+            if rule.action == X.RERUN:
+                later = 0
                 continue
+            later += 1
             if n < max_runs:
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = X.retry_delay(retry_delay, later, cap=30.0)
+                print("local: run %d again in %.0fs" % (n + 1, delay), file=out, flush=True)
+                sleep(delay)
         print("local: reached --max-runs %d; job %s stays in its store" % (max_runs, job_id), file=out, flush=True)
-        return 0 if code in (C.EXIT_CHECKPOINTED, C.EXIT_DONE) else code
+        return 0 if code in (X.EXIT_CHECKPOINTED, X.EXIT_DONE) else code
     finally:
         for s, h in old.items():
             signal.signal(s, h)

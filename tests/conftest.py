@@ -146,7 +146,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def records(store: Store, jid: str) -> List:
-    from persistjob.checkpoint import JobLog
+    from persistjob.repo.log import JobLog
 
     return list(JobLog(store.backend(), jid).records())
 
@@ -162,7 +162,7 @@ def storage_down_20s_mid_run(store: "Store", server, tmp_path, *extra: str, firs
     import json
     import signal
 
-    from persistjob import constants as C
+    from persistjob import contract as C
 
     jid = job_id()
     ck = tmp_path / "ck"
@@ -194,7 +194,7 @@ def two_wrappers_at_once(store: "Store", tmp_path) -> None:
     exits 75 (fenced) without writing a commit."""
     import signal
 
-    from persistjob import constants as C
+    from persistjob import contract as C
 
     jid = job_id()
     args = ["--job-id", jid, "--store", store.url, "--interval", "1s", "--lifetime", "60s", "--lease-check", "1s"]

@@ -41,7 +41,10 @@ class Backend:
     def get(self, key: str) -> bytes:
         raise NotImplementedError
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
+        """Publish ``data`` under ``key`` atomically.  ``immutable``: the caller promises that the key is
+        content-addressed (its name is the hash of what it holds, and readers verify it), so a backend
+        may write it in place instead of through a temporary name."""
         raise NotImplementedError
 
     def put_if_absent(self, key: str, data: bytes) -> None:

@@ -137,6 +137,8 @@ def _xrootd_error(status: Any, what: str) -> StorageError:
     return StorageUnavailable(message)  # transport failures, overload, I/O errors: retryable
 
 
+# Size: one backend over two client libraries (the XRootD client for root:// data, gfal2 for the
+# namespace and WebDAV), each of the six operations with its protocol variants and error mapping.
 class GfalBackend(Backend):
     def __init__(self, url: str, checksum: bool = True, checksum_slots: int = DEFAULT_CHECKSUM_SLOTS) -> None:
         self.gfal2 = _gfal2()
@@ -249,11 +251,12 @@ class GfalBackend(Backend):
 
         return self._call(key, read)
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
         url = self._url(key)
-        if "/chunks/" in "/" + key:
-            # Content-addressed: every reader verifies it against its name, and no manifest names it before
-            # this put returns, so it is written in place (one round trip less than temp + rename).
+        if immutable:
+            # Content-addressed (the caller says so): every reader verifies it against its name, and no
+            # manifest names it before this put returns, so it is written in place (one round trip less
+            # than temp + rename).
             self._write(url, data)
             self._verify(url, data)
             return

@@ -89,7 +89,7 @@ class PosixBackend(Backend):
         except OSError as exc:
             raise _wrap(exc, path) from None
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
         path = self._path(key)
         tmp = self._write_tmp(path, data)
         try:

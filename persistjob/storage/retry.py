@@ -83,8 +83,8 @@ class RetryingBackend(Backend):
     def get(self, key: str) -> bytes:
         return self._run("get " + key, self.inner.get, key)
 
-    def put(self, key: str, data: bytes) -> None:
-        self._run("put " + key, self.inner.put, key, data)
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
+        self._run("put " + key, self.inner.put, key, data, immutable)
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         attempts = [0]

@@ -107,7 +107,7 @@ class S3Backend(Backend):
         except Exception as exc:  # a connection dropped while streaming the body
             raise StorageUnavailable("S3 read of %s interrupted: %s" % (key, type(exc).__name__)) from None
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
         self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def put_if_absent(self, key: str, data: bytes) -> None:

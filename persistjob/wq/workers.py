@@ -340,7 +340,7 @@ def count(w: WorkerEnv) -> int:
 
 def via_condor(w: WorkerEnv, n: int) -> int:
     """Workers kept alive as persistent HTCondor jobs: a pilot factory without cron."""
-    from ..submit import Scheduler
+    from ..schedd import Scheduler
 
     desc = {
         "universe": "vanilla",

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from persistjob.checkpoint import Checkpointer, JobLog, collect_garbage
+from persistjob.repo import JobRepo
+from persistjob.repo.log import JobLog
 from persistjob.errors import Fenced, ObjectExists, ObjectNotFound
 from tests.conftest import make_store
 
@@ -98,7 +99,7 @@ def test_incremental_commit_uploads_what_changed(store, tmp_path):
     for i in range(10):
         _write(root / ("f%d" % i), os.urandom(size))
     b = store.backend()
-    ck = Checkpointer(b, "job/", str(root), racy=0)
+    ck = JobRepo(b, "job").workspace(str(root), racy=0)
     try:
         snap = ck.snapshot()
         ck.upload(snap)
@@ -133,29 +134,30 @@ def test_restore_round_trip_and_gc(store, tmp_path):
     os.symlink("sub/b.txt", root / "link")
     os.chmod(root / "sub" / "b.txt", 0o640)
     b = store.backend()
-    ck = Checkpointer(b, "job/", str(root), racy=0)
-    ids = []
+    repo = JobRepo(b, "job", keep=2)
+    repo.claim()
+    ck = repo.workspace(str(root), racy=0)
     try:
         for i in range(4):
             _write(root / "sub" / "deeper" / "gen", os.urandom(300000))
-            ids.append(ck.upload(ck.snapshot()))
+            repo.commit(ck, ck.snapshot())
+        assert [g for g, _ in repo.retained] == [4, 3]
         dest = tmp_path / "restored"
-        ck2 = Checkpointer(b, "job/", str(dest))
-        ck2.restore(ids[-1])
+        ck2 = repo.workspace(str(dest))
+        assert repo.restore(ck2).generation == 4
         ck2.close()
         for rel in ("a.bin", "sub/b.txt", "empty", "sub/deeper/gen"):
             assert (dest / rel).read_bytes() == (root / rel).read_bytes(), rel
         assert os.readlink(dest / "link") == "sub/b.txt"
         assert (os.stat(dest / "sub" / "b.txt").st_mode & 0o777) == 0o640
         assert os.stat(dest / "a.bin").st_mtime_ns == os.stat(root / "a.bin").st_mtime_ns
-        before = len(list(b.list("job/chunks/")))
-        stats = collect_garbage(b, "job/", [(4, ids[-1]), (3, ids[-2])], grace=0)
+        before = len(list(b.list(repo.keys.chunk_dir)))
+        stats = repo.gc_as_owner(grace=0)
         assert stats["manifests"] == 2 and stats["chunks"] == 2
-        assert len(list(b.list("job/chunks/"))) == before - 2
-        for mid in ids[-2:]:
-            d = tmp_path / ("r" + mid[:6])
-            c = Checkpointer(b, "job/", str(d))
-            c.restore(mid)
+        assert len(list(b.list(repo.keys.chunk_dir))) == before - 2
+        for gen in (4, 3):
+            c = JobRepo(b, "job").workspace(str(tmp_path / ("r%d" % gen)))
+            assert JobRepo(b, "job").restore(c, generation=gen).generation == gen
             c.close()
     finally:
         ck.close()

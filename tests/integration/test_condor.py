@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from persistjob.checkpoint import JobLog
+from persistjob.repo.log import JobLog
 from tests.conftest import COUNTER, REPO, Store, clean_env, wait_for
 
 pytestmark = pytest.mark.condor
@@ -173,6 +173,27 @@ def test_bad_store_url_is_held_with_a_clear_reason(pool, bucket_store):
         pool.rm(c)
 
 
+def test_try_later_is_held_then_released_after_a_delay_never_rerun_at_once(pool, bucket_store):
+    """Exit 75 (here: the store does not answer) on HTCondor is a hold of its own subcode, released by the
+    contract's periodic_release after a delay, then held again: no hot loop against a store that is down."""
+    from tests.servers import free_ports
+
+    bucket = bucket_store.url.split("/")[2]
+    dead = "s3://%s/x?endpoint=http://127.0.0.1:%d" % (bucket, free_ports(1)[0])
+    c = pool.submit("--store", dead, "--storage-timeout", "2s", "--retry-base", "3s", "--name", "later",
+                    "--", PY_IN, COUNTER_IN, outdir=outdir())
+    attrs = ["JobStatus", "NumJobStarts", "NumHolds", "HoldReasonCode", "HoldReasonSubCode", "HoldReason"]
+    try:
+        first = wait_for(lambda: (lambda a: a if a and a["JobStatus"] == 5 else None)(pool.ad(c, attrs)), 120, "a hold")
+        assert (first["HoldReasonCode"], first["HoldReasonSubCode"], first["NumJobStarts"]) == (3, 75, 1), first
+        assert "persistjob exit 75: storage unreachable" in first["HoldReason"], first
+        again = wait_for(lambda: (lambda a: a if a and a["NumJobStarts"] >= 2 and a["NumHolds"] >= 2
+                                  and a["JobStatus"] == 5 else None)(pool.ad(c, attrs)), 180, "a release and a second hold")
+        assert again["HoldReasonSubCode"] == 75 and again["NumJobStarts"] == again["NumHolds"], again
+    finally:
+        pool.rm(c)
+
+
 def test_duplicate_instance_only_one_commits_then_status_flags_it(pool, bucket_store, tmp_path):
     c = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "1s", "--name", "dup",
                     "--", PY_IN, COUNTER_IN, "--quiet", outdir=outdir())
@@ -229,10 +250,10 @@ def test_status_and_rm_purge(pool, bucket_store):
         view = json.loads(one.stdout)[0]
         assert view["generation"] >= 2 and view["JobStatus"] == 2 and view["flags"] == []
         gid = view["GlobalJobId"]
-        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).prefix))
+        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).keys.root))
         rm = pool.run("persistjob", "rm", "--purge", str(good), timeout=300)
         assert "removed 1 persistent job" in rm.stdout and "purged" in rm.stdout
-        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).prefix)) == []
+        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).keys.root)) == []
         assert pool.ad(good, ["JobStatus"]) is None
     finally:
         for cl in (good, held, stalled):

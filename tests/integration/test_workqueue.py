@@ -337,7 +337,7 @@ def test_manager_restart_mid_run_loses_no_job(site):
 
 
 def test_persistent_task_resumed_three_times(site, tmp_path):
-    from persistjob.checkpoint import JobLog
+    from persistjob.repo.log import JobLog
     from persistjob.storage import get_backend
 
     store = "file://%s" % (tmp_path / "store")

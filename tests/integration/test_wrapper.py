@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from persistjob import constants as C
-from persistjob.checkpoint import JobLog, job_key
+from persistjob import contract as C
+from persistjob.constants import MARKER_NAME
+from persistjob.repo import JobRepo, job_key
+from persistjob.repo.log import JobLog
 from tests.conftest import COUNTER, REPO, error_lines, job_id, stop_group, storage_down_20s_mid_run, two_wrappers_at_once, wait_for
 
 PY = sys.executable
@@ -57,7 +59,7 @@ def test_signal_mode(store, tmp_path):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 85, err
     assert len(re.findall(r"commit: generation", err)) >= 3
-    assert not (ck / C.MARKER_NAME).exists()
+    assert not (ck / MARKER_NAME).exists()
 
 
 def test_crash_loop_held(store):
@@ -113,23 +115,33 @@ def _flip_byte(store, key):
     b.put(key, bytes(data))
 
 
-def test_flipped_byte_falls_back_to_previous_generation(store):
+def test_flipped_byte_falls_back_to_previous_generation(store, tmp_path):
     r = store.cli("local", "--max-runs", "2", "--name", "flip", "--store", store.url, "--lifetime", "2s",
                   "--interval", "1s", "--", PY, COUNTER)
     assert r.returncode == 0, r.stderr
-    joblog = JobLog(store.backend(), "local#flip")
+    repo = JobRepo(store.backend(), "local#flip")
+    joblog = repo.log
     head = joblog.head()
     newest, previous = head.retained[0], head.retained[1]
-    from persistjob.checkpoint import decode_manifest
-
-    b = store.backend()
-    new_entries, _ = decode_manifest(b.get(joblog.prefix + "manifests/" + newest[1]), newest[1])
-    old_entries, _ = decode_manifest(b.get(joblog.prefix + "manifests/" + previous[1]), previous[1])
+    new_entries, _ = repo.manifest(newest[1])
+    old_entries, _ = repo.manifest(previous[1])
     old_chunks = {h for e in old_entries for h, _ in e.chunks}
     victim = [h for e in new_entries for h, _ in e.chunks if h not in old_chunks][0]
-    _flip_byte(store, joblog.prefix + "chunks/" + victim)
+    _flip_byte(store, repo.keys.chunk(victim))
     v = store.cli("checkpoint", "verify", "--store", store.url, "--job-id", "local#flip")
     assert v.returncode == 1 and "DAMAGED" in v.stdout
+    # `checkpoint restore` applies the wrapper's rule: fall back, and say so ...
+    dest = str(tmp_path / "flip-restored")
+    r = store.cli("checkpoint", "restore", "--store", store.url, "--job-id", "local#flip", "--dest", dest)
+    assert r.returncode == 0, r.stderr
+    assert "generation %d is damaged" % newest[0] in r.stdout and "fell back" in r.stdout
+    assert "restored generation %d into" % previous[0] in r.stdout
+    # ... or, with --no-fallback, refuse in one line and leave the destination alone
+    dest2 = str(tmp_path / "flip-refused")
+    r = store.cli("checkpoint", "restore", "--store", store.url, "--job-id", "local#flip", "--dest", dest2,
+                  "--no-fallback")
+    assert r.returncode == 75 and "generation %d cannot be restored" % newest[0] in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not os.path.exists(dest2)
     r = store.cli("local", "--max-runs", "1", "--name", "flip", "--store", store.url, "--lifetime", "2s",
                   "--interval", "1s", "--", PY, COUNTER)
     assert r.returncode == 0, r.stderr
@@ -273,16 +285,17 @@ def test_s3_over_tls_trusted_then_untrusted(tmp_path):
 
 
 def test_path_traversal_manifest_refused(store, tmp_path):
-    from persistjob.checkpoint import Entry, encode_manifest
+    from persistjob.codec import Entry, encode_manifest
     import hashlib
 
     jid = job_id()
     _seed(store, jid)
     b = store.backend()
-    joblog = JobLog(b, jid)
+    repo = JobRepo(b, jid)
+    joblog = repo.log
     evil = encode_manifest([Entry("../escape", "f", 0o644, 0, 0, ())], {"created": 0})
     mid = hashlib.sha256(evil).hexdigest()
-    b.put(joblog.prefix + "manifests/" + mid, evil)
+    b.put(repo.keys.manifest(mid), evil)
     head = joblog.head()
     joblog.append(head, "commit", generation=head.generation + 1, manifest=mid, retained=((head.generation + 1, mid),) + head.retained)
     before = _store_keys(store)
@@ -356,3 +369,25 @@ def test_checkpoint_cli(store, tmp_path):
     assert gc.returncode == 0 and "kept generations" in gc.stdout
     none = store.cli("checkpoint", "ls", "--store", store.url, "--job-id", "never#ran")
     assert none.returncode == 0 and "no generations committed" in none.stdout
+
+
+def test_local_runner_waits_after_try_later_by_the_contract(tmp_path, monkeypatch):
+    """`local` on a store that does not answer: every run exits 75 after its retries, and the next run
+    waits 1 s, 2 s, 4 s (doubling), never at once; the wrapper never starts the payload fresh."""
+    from persistjob.local import run_local
+    from tests.servers import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    for k, v in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": REPO}.items():
+        monkeypatch.setenv(k, v)
+    sleeps = []
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        code = run_local(["--store", "s3://nobucket/p?endpoint=http://127.0.0.1:%d" % port, "--storage-timeout", "1s"],
+                         [PY, COUNTER], name="later", max_runs=4, retry_delay=1.0, out=f, sleep=sleeps.append)
+    text = out.read_text()
+    assert code == C.EXIT_TEMPFAIL, text
+    assert text.count("exited 75 (try later)") == 4 and "not starting fresh" in text
+    assert sleeps == [1.0, 2.0, 4.0], "a doubling delay before each re-run after 75 (none after the last run)"
+    assert "payload: started" not in text

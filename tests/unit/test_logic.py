@@ -6,19 +6,10 @@ import os
 
 import pytest
 
-from persistjob import constants as C
+from persistjob import contract as C
 from persistjob import errors as E
-from persistjob.checkpoint import (
-    EMPTY,
-    Entry,
-    Record,
-    decode_chunk,
-    decode_manifest,
-    encode_chunk,
-    encode_manifest,
-    job_key,
-    retained_after,
-)
+from persistjob.codec import Entry, decode_chunk, decode_manifest, encode_chunk, encode_manifest
+from persistjob.repo import EMPTY, Record, job_key, retained_after
 from persistjob.identity import parse_duration, parse_size, read_classad_attr, resolve_job_id
 from persistjob.storage import check_key, get_backend
 from persistjob.storage.s3 import classify_s3_error
@@ -238,7 +229,7 @@ def test_untrusted_server_certificate_is_a_configuration_error(msg, trusted):
 
 
 def test_fenced_notes_since_skips_old_notes_unread(tmp_path):
-    from persistjob.checkpoint import JobLog
+    from persistjob.repo.log import JobLog
 
     b = get_backend("file://%s" % tmp_path)
     now = [1_000_000.0]

@@ -5,7 +5,7 @@ from typing import Dict, List
 
 import pytest
 
-from persistjob.checkpoint import Checkpointer
+from persistjob.repo import JobRepo
 from persistjob.errors import ObjectExists, ObjectNotFound, StorageConfigError, StorageUnavailable
 from persistjob.storage import Backend, RetryingBackend
 
@@ -44,7 +44,7 @@ class Flaky(Backend):
             raise ObjectNotFound(key)
         return self.data[key]
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, immutable: bool = False) -> None:
         self._maybe_fail()
         self.data[key] = data
 
@@ -121,7 +121,7 @@ def test_unchanged_files_are_not_read_again_and_boundaries_survive_edits(tmp_pat
     root.mkdir()
     _write(root / "big", os.urandom(8 << 20))
     _write(root / "small", b"x")
-    ck = Checkpointer(Flaky(), "p/", str(root), chunk_size=1 << 20, racy=0)
+    ck = JobRepo(Flaky(), "p").workspace(str(root), chunk_size=1 << 20, racy=0)
     try:
         s1 = ck.snapshot()
         assert s1.stats.read == (8 << 20) + 1 and s1.stats.chunks_new == 9
@@ -146,7 +146,7 @@ def test_racy_files_are_read_again(tmp_path):
     root = tmp_path / "s"
     root.mkdir()
     _write(root / "f", b"a" * 100)
-    ck = Checkpointer(Flaky(), "p/", str(root), racy=3600)
+    ck = JobRepo(Flaky(), "p").workspace(str(root), racy=3600)
     try:
         ck.snapshot()
         s2 = ck.snapshot()
@@ -162,7 +162,7 @@ def test_snapshot_skips_special_files_and_escaping_links(tmp_path, caplog):
     os.symlink("/etc/passwd", root / "abs")
     os.symlink("../outside", root / "up")
     os.symlink("inside", root / "ok")
-    ck = Checkpointer(Flaky(), "p/", str(root))
+    ck = JobRepo(Flaky(), "p").workspace(str(root))
     try:
         snap = ck.snapshot()
     finally:

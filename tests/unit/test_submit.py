@@ -4,17 +4,10 @@ import pytest
 
 from persistjob import constants as C
 from persistjob.errors import ConfigError
-from persistjob.submit import (
-    JobView,
-    SubmitOptions,
-    build_description,
-    condor_quote_args,
-    flag_job,
-    format_description,
-    jobspec_constraint,
-    parse_cron,
-    split_extra,
-)
+from persistjob.quoting import classad_string, condor_quote_args
+from persistjob.schedd import jobspec_constraint
+from persistjob.status import JobView, flag_job
+from persistjob.submit import SubmitOptions, build_description, format_description, parse_cron, split_extra
 
 
 def opts(**kw):
@@ -41,7 +34,7 @@ def test_forever_description_policy():
     assert "ExitCode =?= 78" in d["on_exit_hold"] and "ExitCode =?= 79" in d["on_exit_hold"]
     assert "PersistLastError" in d["on_exit_hold_reason"] and d["on_exit_hold_subcode"] == "ExitCode"
     assert "HoldReasonSubCode =?= 79" in d["periodic_release"] and "NumHolds < 6" in d["periodic_release"]
-    assert "120 * pow(2, NumHolds - 1)" in d["periodic_release"]
+    assert "120 * pow(2, min({NumHolds - 1, 16}))" in d["periodic_release"]
     assert d["kill_sig"] == "SIGTERM" and d["job_max_vacate_time"] == "45"
     assert d["want_io_proxy"] == "true" and d["+PersistJob"] == "true"
     assert d["+PersistName"] == '"persistjob"' and d["+PersistStore"] == '"s3://b/p"'
@@ -49,6 +42,34 @@ def test_forever_description_policy():
     assert d["+TransferOutput"] == '""'
     assert d["arguments"] == ("\"run --store s3://b/p --lifetime 12h --interval 1h --mode freeze --vacate-grace 30s "
                               "--crash-limit 4 -- /bin/payload 'a b'\"")
+    # Options beyond the shown ones are forwarded only when given, from their parsed values.
+    d = build_description(opts(keep=5, chunk_size="256k", storage_timeout="90"))
+    assert "--vacate-grace 1m --keep 5 --crash-limit 3 --storage-timeout 1m30s --chunk-size 256k -- " in d["arguments"]
+
+
+def _released(policy, **ad):
+    import classad2
+
+    return classad2.ExprTree(policy).eval(classad2.ClassAd(dict(HoldReasonCode=3, **ad))) is True
+
+
+def test_try_later_is_a_hold_released_after_a_doubling_delay():
+    """75 never re-runs at once on HTCondor: held with subcode 75, released after 30s, 60s, 120s ... (capped)."""
+    import time
+
+    d = build_description(opts(retry_base=30))
+    assert "(ExitCode =?= 75)" in d["on_exit_hold"]
+    rel, now = d["periodic_release"], int(time.time())
+    assert not _released(rel, HoldReasonSubCode=75, NumHolds=1, EnteredCurrentStatus=now - 20)
+    assert _released(rel, HoldReasonSubCode=75, NumHolds=1, EnteredCurrentStatus=now - 40)
+    assert not _released(rel, HoldReasonSubCode=75, NumHolds=3, EnteredCurrentStatus=now - 100)
+    assert _released(rel, HoldReasonSubCode=75, NumHolds=3, EnteredCurrentStatus=now - 130)
+    # no release limit for 'try later', and the delay stops growing at 30 minutes
+    assert _released(rel, HoldReasonSubCode=75, NumHolds=40, EnteredCurrentStatus=now - 1801)
+    # crash loops keep their own limit; configuration errors are never released
+    assert not _released(rel, HoldReasonSubCode=79, NumHolds=5, EnteredCurrentStatus=now - 10 ** 6)
+    assert _released(rel, HoldReasonSubCode=79, NumHolds=1, EnteredCurrentStatus=now - 61)
+    assert not _released(rel, HoldReasonSubCode=78, NumHolds=1, EnteredCurrentStatus=now - 10 ** 6)
 
 
 def test_until_done_and_cron():
@@ -93,6 +114,10 @@ def test_bad_options(kw, msg):
         build_description(opts(**kw))
 
 
+def test_classad_string_quotes_as_classad2_does():
+    assert classad_string('a "b" \\c') == '"a \\"b\\" \\\\c"'
+
+
 def test_jobspec():
     assert jobspec_constraint("12") == "ClusterId == 12"
     assert jobspec_constraint("12.3") == "ClusterId == 12 && ProcId == 3"
@@ -123,6 +148,12 @@ TEMPLATE_OPTIONS = {
                          name="backfill", count=100, lifetime="$$(PersistLifetime:12h)", mode="signal",
                          extra=(("nice_user", "true"), ("request_cpus", "1"), ("request_memory", "1GB"),
                                 ("request_disk", "2GB"))),
+    "../examples/boinc/boinc.sub": dict(
+        store="s3://backfill-state/boinc", name="einstein", count=50, mode="exit-code", vacate_grace=120,
+        payload=("/usr/bin/python3", "/opt/persistjob/examples/boinc/boinc_launcher.py", "--project-url",
+                 "$$(BoincProjectURL:https://einsteinathome.org/)", "--account-key",
+                 "$$(BoincAccountKey:YOUR_WEAK_ACCOUNT_KEY)", "--checkpoint-every", "3600"),
+        extra=(("nice_user", "true"), ("request_cpus", "1"), ("request_disk", "4GB"))),
     "arc-grid.sub": dict(store="s3://persistjob-state/grid", payload=("./run.sh",), name="arcjob",
                          transfer_input=("run.sh",), wrapper="persistjob", getenv=(),
                          extra=(("universe", "grid"), ("grid_resource", "arc https://arc-ce.example.org:443/arex"),
@@ -157,9 +188,9 @@ def test_templates_are_what_submit_builds(name):
 def test_collect_status_joins_every_job_with_its_own_store_view(tmp_path):
     """The store side is filled in parallel: each view must still get its own job's log (file:// stores,
     a stand-in for the schedd: the join is our logic, the real pool runs it in tests/integration)."""
-    from persistjob.checkpoint import JobLog
+    from persistjob.repo.log import JobLog
     from persistjob.storage import get_backend
-    from persistjob.submit import collect_status
+    from persistjob.status import collect_status
 
     url = "file://%s" % tmp_path
     b = get_backend(url)

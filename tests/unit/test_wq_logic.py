@@ -5,9 +5,9 @@ import io
 import pytest
 
 from persistjob.errors import ConfigError
-from persistjob.wq import shims
-from persistjob.wq.state import environment_string
-from persistjob.wq.submitfile import SubmitError, finalize, parse_environment, parse_submit, split_args
+from persistjob.wq.shims import commands as shims
+from persistjob.wq.shims.ads import environment_string
+from persistjob.wq.shims.submitfile import SubmitError, finalize, parse_environment, parse_submit, split_args
 from persistjob.wq.workers import WorkerEnv, worker_command
 
 
@@ -15,7 +15,7 @@ def test_arguments_old_and_new_syntax():
     assert split_args("a b  c") == ["a", "b", "c"]
     assert split_args('"a \'b c\' d"') == ["a", "b c", "d"]
     assert split_args('"\'it\'\'s\' \'\'"') == ["it's", ""]
-    from persistjob.submit import condor_quote_args
+    from persistjob.quoting import condor_quote_args
 
     for args in (["a b", "it's", "", 'q"q'], ["plain"]):
         assert split_args(condor_quote_args(args)) == args  # what submit writes, the shim reads back

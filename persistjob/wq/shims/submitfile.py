@@ -9,6 +9,8 @@ import os
 import re
 from typing import Any, Dict, List
 
+from ...quoting import classad_string
+
 UNIVERSES = {"vanilla", "standard", "scheduler", "local", "grid", "java", "vm", "parallel", "docker", "container"}
 
 
@@ -177,7 +179,7 @@ def _proc(macros: Dict[str, str], custom: Dict[str, str], cwd: str, owner: str) 
         if key in g:
             attrs[attr] = g[key]
     if universe == "grid" and "grid_resource" in g:
-        attrs["GridResource"] = '"%s"' % g["grid_resource"].replace('"', '\\"')
+        attrs["GridResource"] = classad_string(g["grid_resource"])
     if g.get("use_x509userproxy", "").lower() in ("true", "yes"):
         attrs.setdefault("x509userproxy", '"%s"' % os.environ.get("X509_USER_PROXY", "/tmp/x509up_u%d" % os.getuid()))
     return {"cmd": exe_path, "args_text": args_text, "env": env, "iwd": iwd, "output": path("output"),

@@ -6,9 +6,10 @@ Two kinds of work, both from the durable job table (``state.py``):
   stderr returned to the paths they named, exit status recorded, an
   HTCondor-style user log written;
 * persistent tasks (``persistjob wq submit``): ``persistjob run`` with
-  ``PERSISTJOB_JOB_ID`` set, resubmitted by the exit-code contract — 85 and 1
-  again, 75 again after a delay, 0 done, 78 held, 79 held and released with
-  backoff.
+  ``PERSISTJOB_JOB_ID`` set, resubmitted by the exit-code contract
+  (``contract.py``): "rerun" at once, "rerun-later" after a delay that doubles
+  with each consecutive one, "complete" done, "hold" held, "hold-release"
+  held and released after a doubling delay up to --release-limit holds.
 
 After a restart every job is known again and running ones are resubmitted;
 the store's fencing keeps a task still running on a worker from committing
@@ -27,10 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-from .. import constants as C
-from ..errors import ConfigError, reason_from_stderr
+from ... import constants as C
+from ... import contract as X
+from ...errors import ConfigError, reason_from_stderr
 from . import userlog
-from .state import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable
+from .table import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable
 
 log = logging.getLogger("persistjob.wq")
 
@@ -75,9 +77,9 @@ class ManagerOptions:
     max_retries: int = 3
     persistjob_cmd: str = ""
     pass_env: Tuple[str, ...] = ("AWS_*",)
-    retry_delay: float = 30.0
-    release_base: float = 60.0
-    release_limit: int = 5
+    retry_delay: float = X.DEFAULT_RETRY_BASE
+    release_base: float = X.DEFAULT_RELEASE_BASE
+    release_limit: int = X.DEFAULT_RELEASE_LIMIT
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
@@ -94,6 +96,8 @@ def _env_matches(name: str, patterns: Tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+# Size: one event loop (intake, promotion, completion, releases, drain, removal) over one Work Queue and
+# one job table; every step is a method of a few lines.
 class Manager:
     def __init__(self, opts: ManagerOptions, wq: Any = None) -> None:
         self.o = opts
@@ -198,15 +202,10 @@ class Manager:
                     continue
                 t = self.q.wait(1)
                 if t is not None:
-                    self.table.db.execute("BEGIN")
-                    try:
+                    with self.table.transaction():
                         while t is not None:
                             self.complete(t)
                             t = self.q.wait(0)
-                        self.table.db.execute("COMMIT")
-                    except BaseException:
-                        self.table.db.execute("ROLLBACK")
-                        raise
         finally:
             try:
                 os.unlink(os.path.join(self.table.work_dir, "manager.json"))
@@ -223,22 +222,15 @@ class Manager:
         rows = self.table.rows("status = %d AND task_id IS NULL AND not_before <= ?" % IDLE, (now,), limit=room)
         if not rows:
             return
-        self.table.db.execute("BEGIN")
-        try:
+        with self.table.transaction():
             for r in rows:
                 task = self.make_task(r)
                 tid = self.q.submit(task)
                 self.tasks[tid] = (r["cluster"], r["proc"])
                 self.rows[tid] = r
                 self.queued[tid] = (r["cluster"], r["proc"])
-                # still idle (as HTCondor would say) until a worker runs it
-                self.table.db.execute("UPDATE jobs SET task_id = ? WHERE cluster = ? AND proc = ?",
-                                      (tid, r["cluster"], r["proc"]))
+                self.table.set_task(r["cluster"], r["proc"], tid)  # still idle (as HTCondor says) until a worker runs it
                 self.stats["dispatched"] += 1
-            self.table.db.execute("COMMIT")
-        except BaseException:
-            self.table.db.execute("ROLLBACK")
-            raise
 
     def promote(self) -> None:
         """Queued tasks that a worker has started become running jobs."""
@@ -246,19 +238,13 @@ class Manager:
         started = [(tid, key) for tid, key in self.queued.items() if self.q.task_state(tid) != ready]
         if not started:
             return
-        self.table.db.execute("BEGIN")
-        try:
+        with self.table.transaction():
             for tid, key in started:
                 self._mark_running(tid, key)
-            self.table.db.execute("COMMIT")
-        except BaseException:
-            self.table.db.execute("ROLLBACK")
-            raise
 
     def _mark_running(self, tid: int, key: Tuple[int, int], row: Any = None) -> None:
         self.queued.pop(tid, None)
-        self.table.db.execute("UPDATE jobs SET status = ?, entered = ?, starts = starts + 1 WHERE cluster = ? AND proc = ? "
-                              "AND status = ?", (RUNNING, int(time.time()), key[0], key[1], IDLE))
+        self.table.mark_running(key[0], key[1], time.time())
         row = row if row is not None else self.rows.get(tid)
         if row is not None and row["log"]:
             userlog.event(row["log"], 1, key[0], key[1], "Job executing on host: <127.0.0.1:%d>" % self.port)
@@ -328,22 +314,25 @@ class Manager:
         self.persistent_exit(r, code)
 
     def persistent_exit(self, r: Any, code: int) -> None:
+        """What the contract says to do after a persistent task exited with ``code``."""
         cluster, proc = r["cluster"], r["proc"]
         now = time.time()
-        if code == C.EXIT_DONE:
-            self.table.update(cluster, proc, unless_removed=True, status=COMPLETED, task_id=None, exit_code=code)
-        elif code in (C.EXIT_CHECKPOINTED, C.EXIT_PAYLOAD_FAILED):
-            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=0)
-        elif code == C.EXIT_TEMPFAIL:
-            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
-        elif code in (C.EXIT_CONFIG, C.EXIT_CRASHLOOP):
-            reason = "persistjob exit %d: %s" % (code, self._last_error(cluster, proc))
+        rule = X.rule(code)
+        done: Dict[str, Any] = dict(unless_removed=True, task_id=None, exit_code=code)
+        if rule.action == X.COMPLETE:
+            self.table.update(cluster, proc, status=COMPLETED, later=0, **done)
+        elif rule.action == X.RERUN:
+            self.table.update(cluster, proc, status=IDLE, not_before=0, later=0, **done)
+        elif rule.action == X.RERUN_LATER:
+            later = r["later"] + 1
+            delay = X.retry_delay(self.o.retry_delay, later)
+            log.info("wq: %d.%d: exit %d (%s): run again in %.0fs", cluster, proc, code, rule.name, delay)
+            self.table.update(cluster, proc, status=IDLE, not_before=now + delay, later=later, **done)
+        else:  # HOLD, HOLD_RELEASE: released (HOLD_RELEASE only) by release_held after the delay
             holds = r["holds"] + 1
-            self.table.update(cluster, proc, unless_removed=True, status=HELD, task_id=None, exit_code=code, hold_reason=reason,
-                              hold_subcode=code, holds=holds,
-                              not_before=now + self.o.release_base * 2 ** (holds - 1))
-        else:
-            self.table.update(cluster, proc, unless_removed=True, status=IDLE, task_id=None, exit_code=code, not_before=now + self.o.retry_delay)
+            self.table.update(cluster, proc, status=HELD, hold_reason="persistjob exit %d: %s" % (code, self._last_error(cluster, proc)),
+                              hold_subcode=code, holds=holds, not_before=now + X.retry_delay(self.o.release_base, holds),
+                              later=0, **done)
 
     def _last_error(self, cluster: int, proc: int) -> str:
         try:
@@ -354,11 +343,9 @@ class Manager:
         return reason_from_stderr(lines, "see the task's error file")
 
     def release_held(self, now: float) -> None:
-        """Crash-loop holds (79) are released after backoff, up to --release-limit."""
-        self.table.db.execute(
-            "UPDATE jobs SET status = ?, entered = ?, hold_reason = NULL WHERE status = ? AND kind = 'persistent' "
-            "AND hold_subcode = ? AND not_before <= ? AND holds < ?",
-            (IDLE, int(now), HELD, C.EXIT_CRASHLOOP, now, self.o.release_limit))
+        """Holds the contract releases (79) end after their delay, up to --release-limit holds."""
+        for code in X.codes(X.HOLD_RELEASE):
+            self.table.release_holds(code, now, self.o.release_limit)
 
     def unqueue(self) -> None:
         """Draining: tasks no worker has started go back to the table (idle) for the next manager."""
@@ -371,7 +358,7 @@ class Manager:
             self.queued.pop(tid, None)
             self.tasks.pop(tid, None)
             self.rows.pop(tid, None)
-            self.table.db.execute("UPDATE jobs SET task_id = NULL WHERE cluster = ? AND proc = ?", key)
+            self.table.set_task(key[0], key[1], None)
 
     def cancel_removed(self) -> None:
         for r in self.table.rows("remove_requested = 1 AND task_id IS NOT NULL"):

@@ -2,7 +2,7 @@
 
 They answer from the manager's durable job table, never with placeholders,
 and print what HTCondor 23.9 prints for the command lines AliEn's and
-JAliEn's Condor backends run (../shared/reference/htcondor-23.9-outputs.txt):
+JAliEn's Condor backends run (docs/workqueue.md lists them):
 the same spacing, blank lines, error texts and exit codes.  Constraints and
 ``-af`` expressions are evaluated with the real ClassAd library (``classad2``).
 """
@@ -16,8 +16,10 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from . import userlog
-from .state import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable, default_work_dir, iter_ads
+from ...quoting import classad_string
+from ..manager import userlog
+from ..manager.table import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable, default_work_dir
+from .ads import iter_ads
 from .submitfile import SubmitError, finalize, parse_submit
 
 HEARTBEAT_MAX_AGE = 60.0
@@ -81,7 +83,7 @@ def af_text(v: Any) -> str:
 def unparsed(v: Any) -> str:
     """A value as a ClassAd literal (strings quoted), for %V and -long."""
     if isinstance(v, str):
-        return '"%s"' % v.replace("\\", "\\\\").replace('"', '\\"')
+        return classad_string(v)
     return af_text(v)
 
 
@@ -560,7 +562,8 @@ def condor_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = s
         err.write("Error: communication error\nCEDAR:6001:Failed to connect to %s\n" % _address(info))
         return 1
     try:
-        ads = [schedd_ad(table, info)] if schedd else [_worker_ad(info, w) for w in (info.get("worker_list") or [])]
+        # A Work Queue site has no startds: without -schedd the answer is that of a pool with no slots.
+        ads = [schedd_ad(table, info)] if schedd else []
     finally:
         table.close()
     cads = [to_classad(a) for a in ads]
@@ -577,14 +580,7 @@ def condor_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = s
         out.write("%24s %11d %10d %10d\n" % ("Total", sum(x["TotalRunningJobs"] for x in ads),
                                             sum(x["TotalIdleJobs"] for x in ads), sum(x["TotalHeldJobs"] for x in ads)))
         return 0
-    for sad in ads:
-        out.write("%s %s\n" % (sad["Name"], sad.get("Activity", "")))
     return 0
-
-
-def _worker_ad(info: Dict[str, Any], w: Dict[str, Any]) -> Dict[str, Any]:
-    return {"_custom": {}, "MyType": "Machine", "Name": w.get("name", "?"), "Activity": w.get("state", "Busy"),
-            "Cpus": w.get("cores", 1)}
 
 
 SHIMS: Dict[str, Callable[..., int]] = {"condor_submit": condor_submit, "condor_q": condor_q, "condor_rm": condor_rm, "condor_status": condor_status}
@@ -604,6 +600,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BrokenPipeError:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

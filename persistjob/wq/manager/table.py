@@ -1,4 +1,4 @@
-"""The Work Queue executor's durable job table: SQLite in the work directory.
+"""The Work Queue executor's durable job table: SQLite in the work directory.  The only SQL of ``wq``.
 
 It is the shims' spool (``condor_submit`` inserts, ``condor_rm`` marks) and
 the manager's memory: after a manager restart every pilot and persistent job
@@ -9,10 +9,10 @@ these rows.
 
 import json
 import os
-import socket
 import sqlite3
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 # HTCondor job states
 IDLE, RUNNING, REMOVED, COMPLETED, HELD = 1, 2, 3, 4, 5
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     starts INTEGER NOT NULL DEFAULT 0,
     holds INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
+    later INTEGER NOT NULL DEFAULT 0,   -- consecutive 'try later' exits (the retry delay doubles)
     not_before REAL NOT NULL DEFAULT 0,
     job_id TEXT,
     remove_requested INTEGER NOT NULL DEFAULT 0,
@@ -67,6 +68,9 @@ class JobTable:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(jobs)")}
+        if "later" not in cols:  # a table written by an older persistjob
+            self.db.execute("ALTER TABLE jobs ADD COLUMN later INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -118,6 +122,33 @@ class JobTable:
             return False
         return True
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Many writes as one transaction (the manager's batches)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def set_task(self, cluster: int, proc: int, task_id: Optional[int]) -> None:
+        """Hand a job to a Work Queue task (or take it back with None); its status stays as it is."""
+        self.db.execute("UPDATE jobs SET task_id = ? WHERE cluster = ? AND proc = ?", (task_id, cluster, proc))
+
+    def mark_running(self, cluster: int, proc: int, now: float) -> None:
+        """A worker started the job's task: idle -> running, one more start."""
+        self.db.execute("UPDATE jobs SET status = ?, entered = ?, starts = starts + 1 WHERE cluster = ? AND proc = ? "
+                        "AND status = ?", (RUNNING, int(now), cluster, proc, IDLE))
+
+    def release_holds(self, subcode: int, now: float, limit: int) -> int:
+        """Release persistent jobs held with ``subcode`` whose delay is over, while fewer than ``limit`` holds."""
+        cur = self.db.execute(
+            "UPDATE jobs SET status = ?, entered = ?, hold_reason = NULL WHERE status = ? AND kind = 'persistent' "
+            "AND hold_subcode = ? AND not_before <= ? AND holds < ?", (IDLE, int(now), HELD, subcode, now, limit))
+        return cur.rowcount
+
     # -- reads
     def rows(self, where: str = "1", params: Sequence[Any] = (), limit: Optional[int] = None) -> List[sqlite3.Row]:
         sql = "SELECT * FROM jobs WHERE %s ORDER BY cluster, proc" % where
@@ -134,58 +165,3 @@ class JobTable:
         for r in self.db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
             out[int(r[0])] = int(r[1])
         return out
-
-
-def environment_string(env: Dict[str, str]) -> str:
-    """An environment in HTCondor's new syntax, as condor_q shows it: 'A=1 B=2'."""
-    parts = []
-    for k, v in sorted(env.items()):
-        if any(c in v for c in " '\t"):
-            v = "'" + v.replace("'", "''") + "'"
-        parts.append("%s=%s" % (k, v))
-    return " ".join(parts)
-
-
-def job_ad(row: sqlite3.Row, schedd_host: Optional[str] = None) -> Dict[str, Any]:
-    """The ClassAd attributes of one job, as Python values (custom ones as expression strings)."""
-    args = json.loads(row["args"])
-    env = json.loads(row["env"])
-    host = schedd_host or socket.gethostname()
-    ad: Dict[str, Any] = {
-        "ClusterId": row["cluster"],
-        "ProcId": row["proc"],
-        "JobStatus": row["status"],
-        "Owner": row["owner"],
-        "User": "%s@%s" % (row["owner"], host),
-        "Cmd": row["cmd"],
-        "Iwd": row["iwd"],
-        "QDate": row["qdate"],
-        "EnteredCurrentStatus": row["entered"],
-        "NumJobStarts": row["starts"],
-        "JobUniverse": 5,
-        "GlobalJobId": "%s#%d.%d#%d" % (host, row["cluster"], row["proc"], row["qdate"]),
-    }
-    if args:
-        ad["Args"] = " ".join(args)
-    ad["Environment"] = environment_string(env)  # HTCondor always defines it ("" when empty)
-    for key, attr in (("output", "Out"), ("error", "Err"), ("log", "UserLog")):
-        if row[key]:
-            ad[attr] = row[key]
-    if row["exit_code"] is not None:
-        ad["ExitCode"] = row["exit_code"]
-    if row["hold_reason"]:
-        ad["HoldReason"] = row["hold_reason"]
-        ad["HoldReasonCode"] = 3
-        ad["HoldReasonSubCode"] = row["hold_subcode"] or 0
-        ad["NumHolds"] = row["holds"]
-    if row["job_id"]:
-        ad["PersistJobId"] = row["job_id"]
-        ad["PersistJob"] = True
-    ad["_custom"] = json.loads(row["attrs"])
-    return ad
-
-
-def iter_ads(rows: Iterable[sqlite3.Row]) -> Iterable[Dict[str, Any]]:
-    host = socket.gethostname()
-    for r in rows:
-        yield job_ad(r, host)

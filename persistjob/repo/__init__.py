@@ -1,0 +1,279 @@
+"""The repository layer: one job's stored checkpoints, and every rule over them.
+
+:class:`JobRepo` is the only code that knows how a job lives in a store (the key layout is in
+``layout.py``, the fenced log in ``log.py``): claiming a run, publishing a generation, restoring the
+newest intact one (falling back past damaged ones), retention, the crash streak, garbage
+collection, verification and purging.  The wrapper, the CLI's ``checkpoint`` commands, ``status``
+and ``rm --purge`` all go through it; none of them builds a key.
+"""
+
+import hashlib
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+
+from .. import constants as C
+from ..checkpoint import Checkpointer, ChunkStore, Snapshot, Stats
+from ..codec import Entry, decode_chunk, decode_manifest, encode_manifest
+from ..errors import ConfigError, IntegrityError, NoIntactGeneration, ObjectNotFound, UnsafeManifest
+from ..storage import Backend
+from .layout import Layout, job_key
+from .log import EMPTY, JobLog, Record, host_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobRepo", "Restored", "Record", "EMPTY", "Layout", "job_key", "host_name", "retained_after"]
+
+Generation = Tuple[int, str]  # (generation number, manifest id)
+
+
+class _Chunks(ChunkStore):
+    def __init__(self, store: Backend, keys: Layout) -> None:
+        self.store, self.keys = store, keys
+
+    def put(self, digest: str, blob: bytes) -> None:
+        self.store.put(self.keys.chunk(digest), blob, immutable=True)
+
+    def get(self, digest: str) -> bytes:
+        return self.store.get(self.keys.chunk(digest))
+
+
+class Restored(NamedTuple):
+    generation: int  # 0: nothing was committed yet (a fresh start)
+    stats: Stats
+    fallbacks: List[Dict[str, Any]]  # damaged generations passed over, newest first
+
+
+def retained_after(new: Generation, old: Iterable[Generation], keep: int, drop: Iterable[str] = ()) -> Tuple[Generation, ...]:
+    """Generations kept after committing ``new``: the newest ``keep``."""
+    dropped = set(drop)
+    out = [new] + [r for r in old if r[1] != new[1] and r[1] not in dropped]
+    return tuple(out[:max(1, keep)])
+
+
+class JobRepo:
+    """One job in one store.  Reading needs nothing more; a run calls :meth:`claim` first and then
+    :meth:`restore`, :meth:`commit` and :meth:`end_run`, each appending to the fenced log."""
+
+    def __init__(self, store: Backend, job_id: str, *, keep: int = C.DEFAULT_KEEP,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.keep = keep
+        self.clock = clock
+        self.log = JobLog(store, job_id, clock)
+        self.keys = self.log.keys
+        self.chunks: ChunkStore = _Chunks(store, self.keys)
+        #: The newest record this instance wrote (after :meth:`claim`).
+        self.mine: Record = EMPTY
+        #: Generations a restore may use, newest first (damaged ones dropped once seen).
+        self.retained: Tuple[Generation, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.keys.key
+
+    # ------------------------------------------------------------------ reading
+    def head(self) -> Record:
+        return self.log.head()
+
+    def generations(self) -> List[Record]:
+        """Every commit record, oldest first."""
+        return [r for r in self.log.records() if r.kind == "commit"]
+
+    def last_commit(self, head: Optional[Record] = None) -> Optional[Record]:
+        return self.log.last_commit(head)
+
+    def pick(self, generation: Optional[int] = None) -> Generation:
+        """The newest generation, or the one asked for (ConfigError when there is none such)."""
+        if generation is None:
+            head = self.head()
+            if not head.manifest:
+                raise ConfigError("job %s has no committed generation" % self.job_id)
+            return head.generation, head.manifest
+        for r in self.generations():
+            if r.generation == generation and r.manifest:
+                return r.generation, r.manifest
+        raise ConfigError("job %s has no generation %d" % (self.job_id, generation))
+
+    def manifest(self, manifest_id: str, stats: Optional[Stats] = None) -> Tuple[List[Entry], Dict[str, Any]]:
+        """A generation's verified entries and metadata; a missing or damaged one is an IntegrityError."""
+        try:
+            blob = self.store.get(self.keys.manifest(manifest_id))
+        except ObjectNotFound:
+            raise IntegrityError("manifest %s is missing" % manifest_id[:12]) from None
+        if stats is not None:
+            stats.add(transferred=len(blob))
+        return decode_manifest(blob, manifest_id)
+
+    def runs(self) -> List[Dict[str, Any]]:
+        return self.log.runs()
+
+    def fenced_notes(self, since: Optional[float] = None) -> List[Dict[str, Any]]:
+        return self.log.fenced_notes(since)
+
+    # ------------------------------------------------------------------ a run
+    def claim(self) -> Record:
+        """Take the job: append a claim record (Fenced when another instance took the same slot).
+
+        A run that vanished without an end record (its claim is still the newest record) counts as
+        a failed run in the crash streak.
+        """
+        head = self.head()
+        inherited = head.crash_streak + (1 if head.kind == "claim" else 0)
+        self.mine = self.log.append(head, "claim", run=head.run + 1, crash_streak=inherited,
+                                    data={"host": host_name(), "pid": os.getpid()})
+        if self.mine.retained:
+            self.retained = self.mine.retained
+        elif self.mine.manifest:
+            self.retained = ((self.mine.generation, self.mine.manifest),)
+        return self.mine
+
+    def workspace(self, root: str, **kw: Any) -> Checkpointer:
+        """A checkpoint directory bound to this job's chunks."""
+        return Checkpointer(self.chunks, root, **kw)
+
+    def restore(self, ws: Checkpointer, generation: Optional[int] = None, fallback: bool = True) -> Restored:
+        """Restore into ``ws`` the newest retained generation (or the one asked for).
+
+        A generation that fails verification is passed over for the previous retained one when
+        ``fallback`` is true (each one named in the result), else it is refused.  When none restores
+        intact: :class:`NoIntactGeneration` — never a silent fresh start.  Nothing committed yet:
+        generation 0 and the directory left as it is.
+        """
+        if generation is not None:
+            candidates: List[Generation] = [self.pick(generation)]
+        else:
+            candidates = list(self.retained or self.head().retained)
+        if not candidates:
+            return Restored(0, Stats(), [])
+        fallbacks: List[Dict[str, Any]] = []
+        for gen, mid in candidates:
+            stats = Stats()
+            try:
+                entries, _meta = self.manifest(mid, stats)
+                ws.restore(entries, stats)
+            except IntegrityError as exc:
+                fallbacks.append({"generation": gen, "manifest": mid, "error": str(exc)})
+                if not fallback:
+                    raise IntegrityError("generation %d cannot be restored: %s" % (gen, exc)) from None
+                log.warning("restore: generation %d is damaged (%s); falling back to the previous generation", gen, exc)
+                continue
+            damaged = {f["manifest"] for f in fallbacks}
+            self.retained = tuple(r for r in (self.retained or candidates) if r[1] not in damaged)
+            return Restored(gen, stats, fallbacks)
+        refused = NoIntactGeneration("none of the %d retained generations restored intact (newest: %s); refusing to "
+                                     "start fresh; inspect with 'persistjob checkpoint verify'"
+                                     % (len(candidates), fallbacks[0]["error"]))
+        refused.fallbacks = fallbacks
+        raise refused
+
+    def commit(self, ws: Checkpointer, snap: Snapshot, started: Optional[float] = None) -> Record:
+        """Upload a snapshot's chunks and manifest and publish it as the next generation (``started``:
+        the ``time.monotonic()`` at which the checkpoint began, for the record's duration)."""
+        ws.upload(snap)
+        blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": ws.chunk_size})
+        manifest_id = hashlib.sha256(blob).hexdigest()
+        self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
+        snap.stats.add(transferred=len(blob))
+        gen = self.mine.generation + 1
+        retained = retained_after((gen, manifest_id), self.retained, self.keep)
+        st = snap.stats
+        self.mine = self.log.append(self.mine, "commit", generation=gen, manifest=manifest_id, retained=retained,
+                                    crash_streak=0, data={"files": st.files, "bytes": st.bytes, "uploaded": st.transferred,
+                                                          "seconds": round(time.monotonic() - started if started is not None
+                                                                      else st.seconds, 3)})
+        self.retained = retained
+        return self.mine
+
+    def failed_streak(self, committed_this_run: bool) -> int:
+        """The crash streak after a run whose payload failed: reset by a commit in this run."""
+        return 0 if committed_this_run else self.mine.crash_streak + 1
+
+    def end_run(self, code: int, reason: str, crash_streak: Optional[int] = None) -> Record:
+        changes: Dict[str, Any] = {} if crash_streak is None else {"crash_streak": crash_streak}
+        self.mine = self.log.append(self.mine, "end", data={"reason": reason, "exit_code": code}, **changes)
+        return self.mine
+
+    def superseded(self) -> bool:
+        """True when another instance appended after our newest record."""
+        return self.log.superseded(self.mine)
+
+    def note_fenced(self, why: str) -> None:
+        self.log.note_fenced(self.mine.seq, why)
+
+    def put_run(self, run: int, seq: int, info: Dict[str, Any]) -> None:
+        self.log.put_run(run, seq, info)
+
+    # ------------------------------------------------------------------ upkeep
+    def gc(self, grace: float = 3600.0, retained: Optional[Iterable[Generation]] = None,
+           still_owner: Callable[[], bool] = lambda: True, now: Optional[float] = None) -> Dict[str, int]:
+        """Delete manifests and chunks that no retained generation references.
+
+        Objects younger than ``grace`` seconds are spared (a new owner may be uploading them), and
+        ``still_owner`` is asked just before deleting anything.
+        """
+        now = self.clock() if now is None else now
+        keep = list(self.head().retained if retained is None else retained)
+        keep_manifests = {m for _, m in keep}
+        referenced: Set[str] = set()
+        for mid in keep_manifests:
+            try:
+                entries, _ = self.manifest(mid)
+            except (IntegrityError, UnsafeManifest):
+                continue
+            referenced.update(h for e in entries for h, _ in e.chunks)
+        doomed: List[str] = []
+        freed = 0
+        for o in self.store.list(self.keys.manifest_dir):
+            if Layout.name(o.key) not in keep_manifests and now - o.mtime > grace:
+                doomed.append(o.key)
+                freed += o.size
+        n_manifests = len(doomed)
+        for o in self.store.list(self.keys.chunk_dir):
+            if Layout.name(o.key) not in referenced and now - o.mtime > grace:
+                doomed.append(o.key)
+                freed += o.size
+        if doomed and still_owner():
+            self.store.delete_many(doomed)
+        else:
+            doomed = []
+            freed = n_manifests = 0
+        return {"manifests": n_manifests, "chunks": len(doomed) - n_manifests, "bytes": freed}
+
+    def gc_as_owner(self, grace: float) -> Dict[str, int]:
+        """:meth:`gc` by the running instance: only what it retains, and only while it owns the job."""
+        return self.gc(grace, self.retained, still_owner=lambda: not self.superseded())
+
+    def verify(self, generation: Optional[int] = None) -> List[Tuple[int, Optional[str], Stats]]:
+        """Check every chunk of the retained generations (or one): (generation, error or None, stats)."""
+        targets = [self.pick(generation)] if generation is not None else list(self.head().retained)
+        out: List[Tuple[int, Optional[str], Stats]] = []
+        for gen, mid in targets:
+            stats = Stats()
+            try:
+                entries, _ = self.manifest(mid)
+                seen: Set[str] = set()
+                for e in entries:
+                    stats.add(files=1 if e.type == "f" else 0)
+                    for digest, n in e.chunks:
+                        if digest in seen:
+                            continue
+                        seen.add(digest)
+                        try:
+                            blob = self.chunks.get(digest)
+                        except ObjectNotFound:
+                            raise IntegrityError("chunk %s is missing" % digest[:12]) from None
+                        decode_chunk(blob, digest, n)
+                        stats.add(transferred=len(blob), chunks_new=1)
+                out.append((gen, None, stats))
+            except (IntegrityError, UnsafeManifest) as exc:
+                out.append((gen, str(exc), stats))
+        return out
+
+    def purge(self) -> int:
+        """Delete every stored object of the job (``rm --purge``); return the count."""
+        keys = [o.key for o in self.store.list(self.keys.root)]
+        self.store.delete_many(keys)
+        return len(keys)
