@@ -150,12 +150,12 @@ def memory(work, n=10000):
     try:
         empty_end = time.monotonic() + 120
         while time.monotonic() < empty_end:
-            left = table.db.execute("SELECT COUNT(*) FROM jobs WHERE task_id IS NULL").fetchone()[0]
+            left = n - table.dispatched()
             if left == 0:
                 break
             time.sleep(0.2)
         time.sleep(2)
-        return rss_kb(m.pid), table.db.execute("SELECT COUNT(*) FROM jobs WHERE task_id IS NOT NULL").fetchone()[0]
+        return rss_kb(m.pid), table.dispatched()
     finally:
         table.close()
         stop([m])

@@ -95,11 +95,13 @@ def _demo_payload() -> List[str]:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .local import run_local
 
+    from .options import format_duration
+
     store = a.store or "file://" + os.path.abspath(".persistjob-demo/store")
     payload = _demo_payload()
     print("demo: a counting payload as a persistent job: %d runs of %s each, checkpoint every %s, store %s"
-          % (a.runs, a.lifetime, a.interval, store), file=sys.stderr)
-    return run_local(["--store", store, "--lifetime", a.lifetime, "--interval", a.interval, "--vacate-grace", "10s"],
+          % (a.runs, format_duration(a.lifetime), format_duration(a.interval), store), file=sys.stderr)
+    return run_local(run_argv(dict(store=store, lifetime=a.lifetime, interval=a.interval, vacate_grace=10.0)),
                      payload, name=a.name, max_runs=a.runs)
 
 
@@ -382,8 +384,8 @@ def _fill_local(lo: argparse.ArgumentParser) -> None:
 def _fill_demo(d: argparse.ArgumentParser) -> None:
     d.add_argument("--store", default=None, help="default: file://$PWD/.persistjob-demo/store")
     d.add_argument("--runs", type=int, default=3)
-    d.add_argument("--lifetime", default="4s")
-    d.add_argument("--interval", default="1.5s")
+    d.add_argument("--lifetime", type=_duration, default=4.0)
+    d.add_argument("--interval", type=_duration, default=1.5)
     d.add_argument("--name", default="demo")
     d.set_defaults(func=cmd_demo)
 
@@ -573,8 +575,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             a.payload = payload
             if not payload:
                 raise ConfigError("no payload given (persistjob %s --store URL ... -- PAYLOAD ARGS...)" % a.command)
-            verb = "submit" if a.command == "wq" else a.command
-            a.run_argv = opts[opts.index(verb, opts.index(a.command)) + 1:]
         elif payload is not None:
             raise ConfigError("'--' is only for run, local and submit")
         setup_logging(a.verbose, a.quiet)

@@ -77,3 +77,14 @@ def test_every_module_is_on_the_map():
         if path.name == "__main__.py":
             continue
         assert rel in text, "%s is missing from docs/architecture.md" % rel
+
+
+def test_sql_of_the_work_queue_executor_lives_only_in_its_job_table():
+    table = PACKAGE / "wq" / "manager" / "table.py"
+    sql = re.compile(r"\b(SELECT|UPDATE|INSERT|DELETE FROM|BEGIN|COMMIT|ROLLBACK)\b|\bIS (NOT )?NULL\b|\.execute\(|\.db\b")
+    for path in _sources():
+        if path == table or "wq" not in path.parts:
+            continue
+        for line, text in _strings(path):
+            assert not (isinstance(text, str) and sql.search(text)), "%s:%d: SQL outside the job table" % (path, line)
+        assert ".execute(" not in path.read_text() and ".db." not in path.read_text(), path

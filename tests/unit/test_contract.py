@@ -36,7 +36,7 @@ def _job(m):
     from persistjob.wq.manager.daemon import submit_persistent
 
     cluster = submit_persistent(m.table.work_dir, 1, "c", ("--store", "file:///s"), ("/bin/true",), "me")
-    return lambda: m.table.rows("cluster = ?", (cluster,))[0]
+    return lambda: m.table.job(cluster, 0)
 
 
 def test_work_queue_manager_follows_the_contract_for_75(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ class Manager:
     def recover(self) -> None:
         """Jobs a previous manager had running are resubmitted; its tasks died with it (or are fenced)."""
         n = 0
-        for r in self.table.rows("task_id IS NOT NULL"):
+        for r in self.table.with_task():
             if r["status"] in (RUNNING, IDLE):
                 self.table.update(r["cluster"], r["proc"], status=IDLE, task_id=None)
                 n += 1
@@ -219,7 +219,7 @@ class Manager:
         room = self.o.max_jobs - len(self.tasks)
         if room <= 0:
             return
-        rows = self.table.rows("status = %d AND task_id IS NULL AND not_before <= ?" % IDLE, (now,), limit=room)
+        rows = self.table.ready(now, room)
         if not rows:
             return
         with self.table.transaction():
@@ -361,7 +361,7 @@ class Manager:
             self.table.set_task(key[0], key[1], None)
 
     def cancel_removed(self) -> None:
-        for r in self.table.rows("remove_requested = 1 AND task_id IS NOT NULL"):
+        for r in self.table.removal_pending():
             tid = r["task_id"]
             if tid in self.tasks:
                 self.q.cancel_by_taskid(tid)

@@ -101,13 +101,21 @@ class JobTable:
             raise
         return cluster
 
-    def remove(self, where: str, params: Sequence[Any] = ()) -> int:
-        """condor_rm: idle/held jobs leave at once, running ones once their task is cancelled."""
-        now = int(time.time())
+    def remove(self, cluster: Optional[int] = None, proc: Optional[int] = None, owner: Optional[str] = None) -> int:
+        """condor_rm of the jobs selected (all of them when nothing is given): idle/held jobs leave at once,
+        running ones once their task is cancelled."""
+        where, params = self._select(cluster=cluster, proc=proc, owner=owner)
         cur = self.db.execute(
-            "UPDATE jobs SET remove_requested = 1, status = %d, entered = ? WHERE status IN (%d, %d, %d) AND (%s)"
-            % (REMOVED, IDLE, RUNNING, HELD, where), (now, *params))
+            "UPDATE jobs SET remove_requested = 1, status = %d, entered = ? WHERE status IN (%d, %d, %d) AND %s"
+            % (REMOVED, IDLE, RUNNING, HELD, where), (int(time.time()), *params))
         return cur.rowcount
+
+    @staticmethod
+    def _select(**equal: Any) -> "tuple[str, tuple]":
+        given = [(k, v) for k, v in equal.items() if v is not None]
+        if not given:
+            return "1", ()
+        return " AND ".join("%s = ?" % k for k, _ in given), tuple(v for _, v in given)
 
     def update(self, cluster: int, proc: int, unless_removed: bool = False, **fields: Any) -> bool:
         """Update one job; with ``unless_removed``, leave a job that condor_rm marked alone (but for its task)."""
@@ -150,7 +158,30 @@ class JobTable:
         return cur.rowcount
 
     # -- reads
-    def rows(self, where: str = "1", params: Sequence[Any] = (), limit: Optional[int] = None) -> List[sqlite3.Row]:
+    def job(self, cluster: int, proc: int) -> Optional[sqlite3.Row]:
+        rows = self._rows("cluster = ? AND proc = ?", (cluster, proc))
+        return rows[0] if rows else None
+
+    def all(self) -> List[sqlite3.Row]:
+        return self._rows()
+
+    def with_task(self) -> List[sqlite3.Row]:
+        """Jobs handed to a Work Queue task (by this manager or one before it)."""
+        return self._rows("task_id IS NOT NULL")
+
+    def ready(self, now: float, limit: int) -> List[sqlite3.Row]:
+        """Idle jobs with no task whose delay is over, in submission order."""
+        return self._rows("status = %d AND task_id IS NULL AND not_before <= ?" % IDLE, (now,), limit=limit)
+
+    def removal_pending(self) -> List[sqlite3.Row]:
+        """Jobs condor_rm marked whose task is still out."""
+        return self._rows("remove_requested = 1 AND task_id IS NOT NULL")
+
+    def dispatched(self) -> int:
+        """How many jobs are handed to a task now."""
+        return int(self.db.execute("SELECT COUNT(*) FROM jobs WHERE task_id IS NOT NULL").fetchone()[0])
+
+    def _rows(self, where: str = "1", params: Sequence[Any] = (), limit: Optional[int] = None) -> List[sqlite3.Row]:
         sql = "SELECT * FROM jobs WHERE %s ORDER BY cluster, proc" % where
         if limit is not None:
             sql += " LIMIT %d" % int(limit)
@@ -158,7 +189,7 @@ class JobTable:
 
     def queue(self) -> List[sqlite3.Row]:
         """What condor_q shows: jobs still in the queue, and removed ones whose task still runs."""
-        return self.rows("status IN (%d, %d, %d) OR (status = %d AND task_id IS NOT NULL)" % (IDLE, RUNNING, HELD, REMOVED))
+        return self._rows("status IN (%d, %d, %d) OR (status = %d AND task_id IS NOT NULL)" % (IDLE, RUNNING, HELD, REMOVED))
 
     def counts(self) -> Dict[int, int]:
         out = {s: 0 for s in (IDLE, RUNNING, REMOVED, COMPLETED, HELD)}

@@ -474,7 +474,7 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
         while i < len(argv):
             arg = argv[i]
             if arg in ("-all", "-a"):
-                table.remove("1")
+                table.remove()
                 out.write("All jobs marked for removal.\n")
                 i += 1
                 continue
@@ -486,15 +486,15 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
                 failed = "Couldn't find/remove all jobs matching constraint (%s)" % expr
                 i += 1
             elif m and m.group(2) is None:
-                n = table.remove("cluster = ?", (int(m.group(1)),))
+                n = table.remove(cluster=int(m.group(1)))
                 done = "All jobs in cluster %s have been marked for removal" % arg
                 failed = "Couldn't find/remove all jobs in cluster %s" % arg
             elif m:
-                n = table.remove("cluster = ? AND proc = ?", (int(m.group(1)), int(m.group(2))))
+                n = table.remove(cluster=int(m.group(1)), proc=int(m.group(2)))
                 done = "Job %s marked for removal" % arg
                 failed = "Couldn't find/remove all jobs matching constraint (ClusterId == %s && ProcId == %s)" % m.groups()
             else:
-                n = table.remove("owner = ?", (arg,))
+                n = table.remove(owner=arg)
                 done = 'All jobs of user "%s" have been marked for removal' % arg
                 failed = "Couldn't find/remove all jobs of user %s" % arg
             if n:
@@ -517,7 +517,7 @@ def _matching(table: JobTable, expr: str) -> List[Tuple[int, int]]:
 
 
 def _remove_keys(table: JobTable, keys: List[Tuple[int, int]]) -> int:
-    return sum(table.remove("cluster = ? AND proc = ?", k) for k in keys)
+    return sum(table.remove(cluster=c, proc=p) for c, p in keys)
 
 
 # ---------------------------------------------------------------- condor_status
