@@ -91,7 +91,7 @@ class Checkpointer:
 
     def __init__(self, chunks: ChunkStore, root: str, *, chunk_size: int = C.DEFAULT_CHUNK_SIZE,
                  workers: int = 8, clock: Callable[[], float] = time.time, cancel: Callable[[], bool] = lambda: False,
-                 racy: float = 2.0) -> None:
+                 racy: float = 2.0, codec: str = C.DEFAULT_CODEC) -> None:
         self.chunks = chunks
         self.root = os.path.abspath(root)
         self.chunk_size = chunk_size
@@ -99,6 +99,7 @@ class Checkpointer:
         self.clock = clock
         self.cancel = cancel
         self.racy = racy
+        self.codec = codec
         self.cache: Dict[str, Tuple[_StatKey, Tuple[Tuple[str, int], ...]]] = {}
         self.known: Set[str] = set()
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -137,7 +138,7 @@ class Checkpointer:
                     if digest in self.known or digest in pending:
                         return digest
                     pending.add(digest)
-                blob = encode_chunk(data)
+                blob = encode_chunk(data, self.codec)
                 if spool is not None:
                     with open(os.path.join(spool, digest), "wb") as f:
                         f.write(blob)

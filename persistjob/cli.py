@@ -210,7 +210,20 @@ def cmd_gc(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from .bundle import build, describe
+
+    print(describe(build(a.output)))
+    return 0
+
+
 # ------------------------------------------------------------------ HTCondor
+
+
+def _bundle() -> str:
+    from .bundle import cached
+
+    return cached()
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -218,7 +231,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
 
     o = S.SubmitOptions(
         store=a.store, payload=tuple(a.payload), count=a.count, forever=not a.until_done, name=a.name,
-        wrapper=a.wrapper or S.default_wrapper(), release_limit=a.release_limit, release_base=a.release_base,
+        wrapper=a.wrapper, bundle=a.bundle or ("persistjob.pyz" if a.wrapper else _bundle()),
+        transfer_payload=not a.no_transfer_payload, release_limit=a.release_limit, release_base=a.release_base,
         retry_base=a.retry_base, cron=a.cron, cron_window=None if a.cron_window is None else int(a.cron_window),
         cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
         transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
@@ -397,7 +411,12 @@ def _fill_submit(su: argparse.ArgumentParser) -> None:
     fo.add_argument("--forever", action="store_true", default=True, help="re-run forever (default)")
     fo.add_argument("--until-done", action="store_true", help="remove the job when the payload finishes (exit 0)")
     su.add_argument("--name", default="persistjob")
-    su.add_argument("--wrapper", help="path of persistjob on the worker nodes (default: this one)")
+    su.add_argument("--wrapper", metavar="PATH", help="persistjob as installed on the worker nodes, instead of "
+                    "sending the bundle with each job (the default: the site needs only python3)")
+    su.add_argument("--bundle", metavar="FILE", help="the bundle to send (default: built from this installation "
+                    "once per version, kept in ~/.cache/persistjob/bundles)")
+    su.add_argument("--no-transfer-payload", action="store_true",
+                    help="run the payload path as it is on the worker, even if it is a file here")
     su.add_argument("--release-limit", type=int, default=X.DEFAULT_RELEASE_LIMIT,
                     help="crash-loop holds released automatically (default %d)" % X.DEFAULT_RELEASE_LIMIT)
     su.add_argument("--release-base", type=_duration, default=X.DEFAULT_RELEASE_BASE,
@@ -519,6 +538,11 @@ def _fill_checkpoint(ck: argparse.ArgumentParser) -> None:
     x.set_defaults(func=cmd_gc)
 
 
+def _fill_bundle(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--output", "-o", default="persistjob.pyz", help="where to write it (default ./persistjob.pyz)")
+    b.set_defaults(func=cmd_bundle)
+
+
 _COMMANDS: Dict[str, Tuple[Dict[str, Any], Callable[[argparse.ArgumentParser], None]]] = {
     "run": (dict(help="the worker-node wrapper", description="Run one lifetime of a persistent job."), _fill_run),
     "local": (dict(help="re-run a job locally as a scheduler would",
@@ -534,6 +558,9 @@ _COMMANDS: Dict[str, Tuple[Dict[str, Any], Callable[[argparse.ArgumentParser], N
     "rm": (dict(help="remove persistent jobs (and with --purge their stored checkpoints)"), _fill_rm),
     "wq": (dict(help="the Work Queue executor: manager, Condor shims, workers"), _fill_wq),
     "checkpoint": (dict(help="inspect and manage stored checkpoints"), _fill_checkpoint),
+    "bundle": (dict(help="build the one-file worker side (a zipapp) that travels with jobs",
+                    description="Build persistjob.pyz: runs as 'python3 persistjob.pyz run ...' with the site's "
+                                "Python 3.9+ and nothing installed."), _fill_bundle),
 }
 
 

@@ -11,13 +11,16 @@ import hashlib
 import json
 import os
 import threading
+import zlib
 from typing import Any, Dict, List, NamedTuple, Set, Tuple
 
+from . import constants as C
 from .errors import ConfigError, IntegrityError, UnsafeManifest
 
 FORMAT_VERSION = 1
 _CODEC_RAW = b"\x00"
 _CODEC_ZSTD = b"\x01"
+_CODEC_ZLIB = b"\x02"
 _MAX_CHUNK = 64 << 20
 _HEX = set("0123456789abcdef")
 
@@ -34,32 +37,71 @@ def check_format(version: int, what: str) -> None:
 
 # ------------------------------------------------------------------ chunks
 
+# Codecs a writer may choose (--codec, constants.CODECS).  zlib is in every Python, so a checkpoint
+# written with it restores anywhere; zstd is faster and smaller but needs the zstandard module
+# wherever it is read.
+CODECS, DEFAULT_CODEC = C.CODECS, C.DEFAULT_CODEC
+_CODEC_BYTE = {"zstd": _CODEC_ZSTD, "zlib": _CODEC_ZLIB}
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_PROBE = 16 << 10  # zlib is slow on incompressible data: try a sample first
+
 _tls = threading.local()
+
+
+def _zstandard(why: str) -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError("%s needs the zstandard module, which this Python lacks: install it (pip install zstandard, "
+                          "Debian python3-zstandard), or write checkpoints with --codec zlib, which any Python reads"
+                          % why) from None
+    return zstandard
 
 
 def _compressor() -> Any:
     c = getattr(_tls, "cctx", None)
     if c is None:
-        import zstandard
-
-        c = _tls.cctx = zstandard.ZstdCompressor(level=1)
+        c = _tls.cctx = _zstandard("writing with --codec zstd").ZstdCompressor(level=1)
     return c
 
 
-def _decompressor() -> Any:
+def _decompressor(what: str) -> Any:
     d = getattr(_tls, "dctx", None)
     if d is None:
-        import zstandard
-
-        d = _tls.dctx = zstandard.ZstdDecompressor()
+        d = _tls.dctx = _zstandard("reading %s (written with zstd)" % what).ZstdDecompressor()
     return d
 
 
-def encode_chunk(data: bytes) -> bytes:
-    """Compress when it pays (>= 3% smaller), else store raw."""
-    packed = _compressor().compress(data)
-    if len(packed) < len(data) * 0.97:
-        return _CODEC_ZSTD + packed
+def check_codec(codec: str) -> str:
+    """Refuse, before anything is written, a codec this Python cannot write."""
+    if codec not in CODECS:
+        raise ConfigError("unknown codec %r (choose %s)" % (codec, " or ".join(CODECS)))
+    if codec == "zstd":
+        _compressor()
+    return codec
+
+
+def _pack(data: bytes, codec: str) -> bytes:
+    if codec == "zstd":
+        return _compressor().compress(data)
+    if len(data) > 2 * _PROBE and len(zlib.compress(data[:_PROBE], 1)) > _PROBE * 0.9:
+        return b""  # the sample does not compress: the whole will not pay either
+    return zlib.compress(data, 1)
+
+
+def _unzlib(body: bytes, limit: int) -> bytes:
+    d = zlib.decompressobj()
+    data = d.decompress(body, limit)
+    if d.unconsumed_tail or not d.eof:
+        raise IntegrityError("more data than expected, or a truncated stream")
+    return data
+
+
+def encode_chunk(data: bytes, codec: str = DEFAULT_CODEC) -> bytes:
+    """One codec byte and the data, compressed when it pays (>= 3% smaller), else raw."""
+    packed = _pack(data, codec)
+    if packed and len(packed) < len(data) * 0.97:
+        return _CODEC_BYTE[codec] + packed
     return _CODEC_RAW + bytes(data)
 
 
@@ -68,9 +110,13 @@ def decode_chunk(blob: bytes, digest: str, size: int) -> bytes:
     if not blob:
         raise IntegrityError("chunk %s is empty" % digest[:12])
     codec, body = blob[:1], blob[1:]
+    if codec == _CODEC_ZSTD:
+        dctx = _decompressor("chunk %s" % digest[:12])  # a missing module is a ConfigError, not damage
     try:
         if codec == _CODEC_ZSTD:
-            data = _decompressor().decompress(body, max_output_size=size)
+            data = dctx.decompress(body, max_output_size=size)
+        elif codec == _CODEC_ZLIB:
+            data = _unzlib(body, size)
         elif codec == _CODEC_RAW:
             data = body
         else:
@@ -106,9 +152,11 @@ class Entry(NamedTuple):
         return d
 
 
-def encode_manifest(entries: List[Entry], meta: Dict[str, Any]) -> bytes:
+def encode_manifest(entries: List[Entry], meta: Dict[str, Any], codec: str = DEFAULT_CODEC) -> bytes:
+    """Compressed JSON; the format is told by its first bytes (a zstd frame's magic, or a zlib header)."""
     body = dict(meta, v=FORMAT_VERSION, entries=[e.to_json() for e in entries])
-    return _compressor().compress(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return _compressor().compress(raw) if codec == "zstd" else zlib.compress(raw, 6)
 
 
 def _check_path(p: Any) -> str:
@@ -130,8 +178,14 @@ def decode_manifest(blob: bytes, manifest_id: str) -> Tuple[List[Entry], Dict[st
     if hashlib.sha256(blob).hexdigest() != manifest_id:
         raise IntegrityError("manifest %s fails its hash" % manifest_id[:12])
     try:
-        body = json.loads(_decompressor().decompress(blob, max_output_size=1 << 30).decode())
+        if blob[:4] == _ZSTD_MAGIC:
+            text = _decompressor("manifest %s" % manifest_id[:12]).decompress(blob, max_output_size=1 << 30)
+        else:
+            text = _unzlib(blob, 1 << 30)
+        body = json.loads(text.decode())
         raw = body.pop("entries")
+    except ConfigError:
+        raise
     except Exception as exc:
         raise IntegrityError("manifest %s is unreadable: %s" % (manifest_id[:12], exc)) from None
     entries: List[Entry] = []

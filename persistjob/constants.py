@@ -32,6 +32,10 @@ DEFAULT_CRASH_LIMIT = 3
 DEFAULT_STORAGE_TIMEOUT = 300.0
 DEFAULT_CHUNK_SIZE = 1 << 20
 
+# Compression of stored chunks and manifests (persistjob.codec): zlib is in every Python.
+CODECS = ("zlib", "zstd")
+DEFAULT_CODEC = "zlib"
+
 # Name of the marker file in signal mode, inside the checkpoint directory
 # (never part of a snapshot).
 MARKER_NAME = ".persistjob-ready"

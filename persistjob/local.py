@@ -21,6 +21,7 @@ from typing import Callable, List, Optional, Sequence
 
 from . import contract as X
 from .errors import reason_from_stderr
+from .selfexec import self_command
 
 log = logging.getLogger("persistjob.local")
 
@@ -51,7 +52,7 @@ def run_local(run_args: Sequence[str], payload: Sequence[str], *, name: str, max
             if ckdir is None:
                 tmp = tempfile.mkdtemp(prefix="persistjob-local-")
                 ckdir = os.path.join(tmp, "checkpoint")
-            cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job_id, "--checkpoint-dir", ckdir,
+            cmd = [*self_command(), "run", "--job-id", job_id, "--checkpoint-dir", ckdir,
                    *run_args, "--", *payload]
             print("local: run %d of %d for job %s" % (n, max_runs, job_id), file=out, flush=True)
             lines: List[str] = []

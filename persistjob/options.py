@@ -95,6 +95,8 @@ RUN_OPTIONS: Tuple[Opt, ...] = (
     Opt("lease_check", 60.0, _dur, _fdur, "how often to check for a newer owner (default 1m)"),
     Opt("gc_grace", 3600.0, _dur, _fdur, "spare unreferenced objects younger than this (default 1h)"),
     Opt("workers", 8, int, str, "parallel transfers (default 8)"),
+    Opt("codec", C.DEFAULT_CODEC, str, str, "compression of what is stored: zlib (default: any Python restores it) or "
+        "zstd (faster, needs the zstandard module wherever the job restores)", choices=C.CODECS),
 )
 _BY_DEST = {o.dest: o for o in RUN_OPTIONS}
 
@@ -132,6 +134,7 @@ class RunOptions:
     lease_check: float
     gc_grace: float
     workers: int
+    codec: str
 
     def __init__(self, payload: Sequence[str], **values: Any) -> None:
         unknown = set(values) - set(_BY_DEST)
@@ -154,6 +157,8 @@ class RunOptions:
             raise ConfigError("--gc-grace must not be negative")
         if self.keep < 1 or self.crash_limit < 1 or self.workers < 1:
             raise ConfigError("--keep, --crash-limit and --workers must be at least 1")
+        if self.codec not in C.CODECS:
+            raise ConfigError("unknown codec %r (choose %s)" % (self.codec, " or ".join(C.CODECS)))
         if not 4096 <= self.chunk_size <= (64 << 20):
             raise ConfigError("--chunk-size must be between 4k and 64M")
 

@@ -13,9 +13,9 @@ from the exit-code contract (``contract.py``):
 * "rerun" (85, 1): the job simply runs again.
 """
 
+import os
 import re
 import shlex
-import shutil
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import constants as C
@@ -72,12 +72,14 @@ class SubmitOptions:
     ``vacate_grace`` and ``crash_limit`` may also be given as keywords.
     """
 
-    __slots__ = ("payload", "count", "forever", "name", "wrapper", "release_limit", "release_base", "retry_base",
+    __slots__ = ("payload", "count", "forever", "name", "wrapper", "bundle", "transfer_payload", "release_limit",
+                 "release_base", "retry_base",
                  "cron", "cron_window", "cron_prep_time", "transfer_input", "output_dir", "getenv", "initialdir",
                  "extra", "run")
 
     def __init__(self, store: str, payload: Sequence[str], count: int = 1, forever: bool = True,
-                 name: str = "persistjob", wrapper: str = "persistjob", release_limit: int = X.DEFAULT_RELEASE_LIMIT,
+                 name: str = "persistjob", wrapper: Optional[str] = None, bundle: str = "persistjob.pyz",
+                 transfer_payload: bool = True, release_limit: int = X.DEFAULT_RELEASE_LIMIT,
                  release_base: float = X.DEFAULT_RELEASE_BASE, retry_base: float = X.DEFAULT_RETRY_BASE,
                  cron: Optional[str] = None, cron_window: Optional[int] = None, cron_prep_time: Optional[int] = None,
                  transfer_input: Sequence[str] = (), output_dir: str = ".", getenv: Sequence[str] = (),
@@ -96,6 +98,7 @@ class SubmitOptions:
         run["store"] = store
         self.run: Dict[str, Any] = run
         self.payload, self.count, self.forever, self.name, self.wrapper = tuple(payload), count, forever, name, wrapper
+        self.bundle, self.transfer_payload = bundle, transfer_payload
         self.release_limit, self.release_base, self.retry_base = release_limit, release_base, retry_base
         self.cron, self.cron_window, self.cron_prep_time = cron, cron_window, cron_prep_time
         self.transfer_input, self.output_dir, self.getenv = tuple(transfer_input), output_dir, tuple(getenv)
@@ -141,6 +144,23 @@ def _seconds(value: Any) -> Optional[int]:
     return None if is_match_time(value) else int(value)
 
 
+#: Where a payload is the site's own program, not a file to send (an interpreter, a system tool).
+_SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/etc/", "/opt/", "/cvmfs/")
+
+
+def _payload_inputs(o: SubmitOptions) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The payload as the job runs it, and the files to send with it: in bundle mode, a payload
+    that is a file of the submit machine outside the system directories (``./run.sh``) is
+    transferred and run from the job's directory; an interpreter or a match-time value stays."""
+    first = o.payload[0]
+    if o.wrapper or not o.transfer_payload or is_match_time(first) or "/" not in first:
+        return o.payload, ()
+    path = os.path.abspath(first)
+    if path.startswith(_SYSTEM_DIRS) or not os.path.isfile(path):
+        return o.payload, ()
+    return ("./" + os.path.basename(path),) + o.payload[1:], (path,)
+
+
 def build_description(o: SubmitOptions) -> Dict[str, str]:
     """The submit description of a persistent job, as a plain dict.
 
@@ -152,11 +172,14 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
     grace = _seconds(o.get("vacate_grace"))
     if grace is None:
         raise ConfigError("--vacate-grace cannot be a match-time value (it sets job_max_vacate_time)")
-    args = ["run", *run_argv(o.run, always=SHOWN_RUN_OPTIONS), "--", *o.payload]
-    d: Dict[str, str] = {
-        "universe": "vanilla",
-        "executable": o.wrapper,
-        "transfer_executable": "false",
+    payload, inputs = _payload_inputs(o)
+    args = ["run", *run_argv(o.run, always=SHOWN_RUN_OPTIONS), "--", *payload]
+    d: Dict[str, str] = {"universe": "vanilla"}
+    if o.wrapper:  # persistjob installed on the workers beforehand
+        d.update(executable=o.wrapper, transfer_executable="false")
+    else:  # the bundle travels with the job: the site needs nothing but python3
+        d["executable"] = o.bundle
+    d.update({
         "arguments": condor_quote_args(args),
         "should_transfer_files": "YES",
         "when_to_transfer_output": "ON_EXIT_OR_EVICT",
@@ -172,7 +195,7 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
         "+PersistJob": "true",
         "+" + C.ATTR_NAME: classad_string(o.name),
         "+" + C.ATTR_STORE: classad_string(o.store),
-    }
+    })
     pol = policy(o.forever, o.release_limit, int(o.release_base), int(o.retry_base))
     d.update((k, v) for k, v in pol.items() if k != "on_exit_remove")
     if interval is not None:
@@ -190,8 +213,8 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
     if o.getenv:
         # e.g. 'AWS_*': the store's credentials and endpoint from the submitter's environment
         d["getenv"] = ", ".join(o.getenv)
-    if o.transfer_input:
-        d["transfer_input_files"] = ",".join(o.transfer_input)
+    if inputs or o.transfer_input:
+        d["transfer_input_files"] = ",".join([*inputs, *o.transfer_input])
     for key, value in o.extra:
         d[key] = value
     return d
@@ -201,10 +224,6 @@ def format_description(d: Dict[str, str], count: int) -> str:
     lines = ["%s = %s" % (k, v) for k, v in d.items()]
     lines.append("queue %d" % count)
     return "\n".join(lines) + "\n"
-
-
-def default_wrapper() -> str:
-    return shutil.which("persistjob") or "persistjob"
 
 
 def split_extra(items: Sequence[str]) -> Tuple[Tuple[str, str], ...]:

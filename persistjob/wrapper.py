@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import constants as C
 from . import contract as X
+from .codec import check_codec
 from .errors import (
     Fenced,
     IntegrityError,
@@ -121,11 +122,13 @@ class Wrapper:
         # 1. identity, and everything that can be checked before touching the store
         self.job_id = resolve_job_id(o.job_id, self.environ)
         exe = resolve_payload(o.payload[0])
+        check_codec(o.codec)
         inner = self._backend if self._backend is not None else get_backend(o.store)
         ckdir = prepare_checkpoint_dir(o.checkpoint_dir)  # created only once the inputs are known good
         self.store = RetryingBackend(inner, o.storage_timeout, cancel=self._cancelled)
         self.repo = JobRepo(self.store, self.job_id, keep=o.keep)
-        self.ws = self.repo.workspace(ckdir, chunk_size=o.chunk_size, workers=o.workers, cancel=self._cancelled)
+        self.ws = self.repo.workspace(ckdir, chunk_size=o.chunk_size, workers=o.workers, cancel=self._cancelled,
+                                      codec=o.codec)
         self.payload = Payload(exe, o.payload[1:], ckdir, self.signals.wait)
         self.mode = make_mode(self.payload, o, ckdir)
         set_child_subreaper()

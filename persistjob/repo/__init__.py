@@ -173,7 +173,7 @@ class JobRepo:
         """Upload a snapshot's chunks and manifest and publish it as the next generation (``started``:
         the ``time.monotonic()`` at which the checkpoint began, for the record's duration)."""
         ws.upload(snap)
-        blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": ws.chunk_size})
+        blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": ws.chunk_size}, ws.codec)
         manifest_id = hashlib.sha256(blob).hexdigest()
         self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
         snap.stats.add(transferred=len(blob))

@@ -145,12 +145,13 @@ def test_retention():
     assert retained_after((1, "a"), [], 0) == ((1, "a"),)
 
 
-def test_chunk_codec():
+@pytest.mark.parametrize("codec,byte", [("zlib", b"\x02"), ("zstd", b"\x01")])
+def test_chunk_codec(codec, byte):
     text = b"abc" * 100000
-    blob = encode_chunk(text)
-    assert blob[:1] == b"\x01" and len(blob) < len(text) // 10
+    blob = encode_chunk(text, codec)
+    assert blob[:1] == byte and len(blob) < len(text) // 10
     rnd = os.urandom(100000)
-    blob2 = encode_chunk(rnd)
+    blob2 = encode_chunk(rnd, codec)
     assert blob2[:1] == b"\x00" and len(blob2) == len(rnd) + 1
     assert decode_chunk(blob, hashlib.sha256(text).hexdigest(), len(text)) == text
     with pytest.raises(E.IntegrityError):
@@ -159,6 +160,30 @@ def test_chunk_codec():
         decode_chunk(b"\x07junk", "0" * 64, 4)
     with pytest.raises(E.IntegrityError):  # a bomb that decompresses past its declared size
         decode_chunk(blob, hashlib.sha256(text).hexdigest(), 10)
+    with pytest.raises(E.IntegrityError):  # a truncated stream
+        decode_chunk(blob[:-7], hashlib.sha256(text).hexdigest(), len(text))
+
+
+def test_zstd_data_without_zstandard_is_a_clear_configuration_error(monkeypatch):
+    """Where zstandard is missing, zlib is written and read; zstd data is refused with what to do,
+    never taken for damage (which would fall back to an older generation)."""
+    import sys
+
+    from persistjob import codec
+
+    text = b"state " * 50000
+    zstd_blob = encode_chunk(text, "zstd")
+    mblob = encode_manifest([], {"created": 0}, "zstd")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard -> ImportError
+    monkeypatch.setattr(codec, "_tls", type(codec._tls)())
+    assert decode_chunk(encode_chunk(text, "zlib"), hashlib.sha256(text).hexdigest(), len(text)) == text
+    with pytest.raises(E.ConfigError, match="needs the zstandard module.*--codec zlib"):
+        decode_chunk(zstd_blob, hashlib.sha256(text).hexdigest(), len(text))
+    with pytest.raises(E.ConfigError, match="needs the zstandard module"):
+        decode_manifest(mblob, hashlib.sha256(mblob).hexdigest())
+    with pytest.raises(E.ConfigError, match="writing with --codec zstd"):
+        codec.check_codec("zstd")
+    assert codec.check_codec("zlib") == "zlib"
 
 
 def _manifest(entries):

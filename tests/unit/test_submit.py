@@ -217,3 +217,22 @@ def test_collect_status_joins_every_job_with_its_own_store_view(tmp_path):
     assert [v.generation for v in views[:12]] == [i + 1 for i in range(12)], [v.store_error for v in views]
     assert all(v.last_commit == 1_700_000_000.0 and not v.store_error for v in views[:12])
     assert views[12].store_error == "no store URL in the job ad"
+
+
+def test_bundle_mode_sends_the_bundle_and_a_local_payload(tmp_path):
+    """By default the job carries persistjob (the bundle is its executable) and a payload that is a
+    file here; interpreters, system tools and match-time values stay as they are."""
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    d = build_description(SubmitOptions(store="s3://b/p", payload=(str(script), "x"), bundle="/c/persistjob.pyz"))
+    assert d["executable"] == "/c/persistjob.pyz" and "transfer_executable" not in d
+    assert d["transfer_input_files"] == str(script) and d["arguments"].endswith("-- ./run.sh x\"")
+    for payload in (("/usr/bin/python3", "x.py"), ("$$(Payload:/opt/x)",), ("bash", "-c", "true"),
+                    (str(tmp_path / "missing"),)):
+        d = build_description(SubmitOptions(store="s3://b/p", payload=payload, bundle="/c/persistjob.pyz"))
+        assert "transfer_input_files" not in d, payload
+    d = build_description(SubmitOptions(store="s3://b/p", payload=(str(script),), bundle="/c/b.pyz",
+                                        transfer_payload=False, transfer_input=("data.txt",)))
+    assert d["transfer_input_files"] == "data.txt" and str(script) in d["arguments"]
+    d = build_description(SubmitOptions(store="s3://b/p", payload=(str(script),), wrapper="/opt/pj/bin/persistjob"))
+    assert d["transfer_executable"] == "false" and "transfer_input_files" not in d
