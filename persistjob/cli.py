@@ -226,6 +226,13 @@ def _bundle() -> str:
     return cached()
 
 
+def _shipment(a: argparse.Namespace) -> Any:
+    from .credentials import check_getenv, shipment
+
+    check_getenv(a.getenv, os.environ)
+    return shipment(a.store, a.credentials, a.no_credentials)
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from . import submit as S
 
@@ -236,7 +243,7 @@ def cmd_submit(a: argparse.Namespace) -> int:
         retry_base=a.retry_base, cron=a.cron, cron_window=None if a.cron_window is None else int(a.cron_window),
         cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
         transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
-        getenv=tuple(a.getenv), initialdir=a.initialdir, **given(a, skip=("store", "job_id")),
+        getenv=tuple(a.getenv), initialdir=a.initialdir, shipment=_shipment(a), **given(a, skip=("store", "job_id")),
     )
     desc = S.build_description(o)
     if a.dry_run:
@@ -428,7 +435,12 @@ def _fill_submit(su: argparse.ArgumentParser) -> None:
     su.add_argument("--cron-prep-time", type=_duration)
     su.add_argument("--transfer-input", action="append", default=[], metavar="PATH")
     su.add_argument("--getenv", action="append", default=[], metavar="PATTERN",
-                    help="pass these submitter variables to the job, e.g. 'AWS_*' (HTCondor getenv)")
+                    help="pass these submitter variables to the job, e.g. AWS_ENDPOINT_URL_S3 (HTCondor getenv); "
+                    "patterns that would carry a secret are refused")
+    cr = su.add_mutually_exclusive_group()
+    cr.add_argument("--credentials", metavar="FILE", help="send this 0600 file as the store's credentials (default: "
+                    "the submitter's, resolved as boto3 does, for s3://; the X.509 proxy and bearer token for grid stores)")
+    cr.add_argument("--no-credentials", action="store_true", help="send none: the site provides them")
     su.add_argument("--initialdir", help="the job's working directory on the submit side (HTCondor initialdir); "
                     "needed with a remote schedd")
     su.add_argument("--output-dir", default=".", help="where .out/.err/.log files go (default .)")
@@ -474,7 +486,8 @@ def _fill_wq(wq: argparse.ArgumentParser) -> None:
     m.add_argument("--project-name", default="alien_jobs")
     m.add_argument("--max-jobs", type=int, default=10000)
     m.add_argument("--max-retries", type=int, default=3, help="Work Queue failures retried per job (0: none)")
-    m.add_argument("--persistjob-cmd", help="how workers run persistjob (default: this Python -m persistjob)")
+    m.add_argument("--persistjob-cmd", help="how workers run an installed persistjob (default: python3 with the "
+                   "bundle, sent to each worker once as a cached input file)")
     m.add_argument("--pass-env", action="append", metavar="PATTERN", help="manager variables given to persistent tasks (default AWS_*)")
     m.add_argument("--retry-delay", type=_duration, default=X.DEFAULT_RETRY_BASE,
                    help="first delay after 'try later' (75), doubling up to 30m (default 30s)")

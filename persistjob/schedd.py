@@ -48,6 +48,8 @@ class Scheduler:
     def __init__(self, schedd: Optional[str] = None, pool: Optional[str] = None) -> None:
         htcondor2 = _bindings()
         self.h = htcondor2
+        #: A schedd named by --schedd/--pool may not see this machine's files: input files are spooled to it.
+        self.remote = bool(schedd or pool)
         try:
             if schedd or pool:
                 coll = htcondor2.Collector(pool) if pool else htcondor2.Collector()
@@ -62,8 +64,12 @@ class Scheduler:
             raise _schedd_error("cannot reach the schedd%s" % (" " + schedd if schedd else ""), exc) from None
 
     def submit(self, description: Dict[str, str], count: int) -> int:
+        """Queue ``count`` jobs; to a remote schedd the input files (bundle, credentials, payload) are
+        spooled with them, so that nothing needs to stay on this machine."""
         try:
-            result = self.schedd.submit(self.h.Submit(description), count=count)
+            result = self.schedd.submit(self.h.Submit(description), count=count, spool=self.remote)
+            if self.remote:
+                self.schedd.spool(result)
         except Exception as exc:
             raise _schedd_error("submit failed", exc) from None
         return int(result.cluster())

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import constants as C
 from . import contract as X
+from .credentials import Shipment, check_environment, check_getenv, environment_names, environment_value
 from .errors import ConfigError
 from .options import MODE_NAMES, RUN_OPTIONS, coerce, is_match_time, run_argv
 from .quoting import classad_string, condor_quote_args
@@ -72,14 +73,15 @@ class SubmitOptions:
     ``vacate_grace`` and ``crash_limit`` may also be given as keywords.
     """
 
-    __slots__ = ("payload", "count", "forever", "name", "wrapper", "bundle", "transfer_payload", "release_limit",
+    __slots__ = ("payload", "count", "forever", "name", "wrapper", "bundle", "transfer_payload", "shipment", "release_limit",
                  "release_base", "retry_base",
                  "cron", "cron_window", "cron_prep_time", "transfer_input", "output_dir", "getenv", "initialdir",
                  "extra", "run")
 
     def __init__(self, store: str, payload: Sequence[str], count: int = 1, forever: bool = True,
                  name: str = "persistjob", wrapper: Optional[str] = None, bundle: str = "persistjob.pyz",
-                 transfer_payload: bool = True, release_limit: int = X.DEFAULT_RELEASE_LIMIT,
+                 transfer_payload: bool = True, shipment: Shipment = Shipment(),
+                 release_limit: int = X.DEFAULT_RELEASE_LIMIT,
                  release_base: float = X.DEFAULT_RELEASE_BASE, retry_base: float = X.DEFAULT_RETRY_BASE,
                  cron: Optional[str] = None, cron_window: Optional[int] = None, cron_prep_time: Optional[int] = None,
                  transfer_input: Sequence[str] = (), output_dir: str = ".", getenv: Sequence[str] = (),
@@ -98,11 +100,15 @@ class SubmitOptions:
         run["store"] = store
         self.run: Dict[str, Any] = run
         self.payload, self.count, self.forever, self.name, self.wrapper = tuple(payload), count, forever, name, wrapper
-        self.bundle, self.transfer_payload = bundle, transfer_payload
+        self.bundle, self.transfer_payload, self.shipment = bundle, transfer_payload, shipment
         self.release_limit, self.release_base, self.retry_base = release_limit, release_base, retry_base
         self.cron, self.cron_window, self.cron_prep_time = cron, cron_window, cron_prep_time
         self.transfer_input, self.output_dir, self.getenv = tuple(transfer_input), output_dir, tuple(getenv)
         self.initialdir, self.extra = initialdir, tuple(extra)
+        check_getenv(self.getenv, {})
+        for key, value in self.extra:
+            if key.lower() == "environment":
+                check_environment(environment_names(value))
 
     def get(self, dest: str) -> Any:
         """A run option's value (its default when not given)."""
@@ -213,9 +219,17 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
     if o.getenv:
         # e.g. 'AWS_*': the store's credentials and endpoint from the submitter's environment
         d["getenv"] = ", ".join(o.getenv)
-    if inputs or o.transfer_input:
-        d["transfer_input_files"] = ",".join([*inputs, *o.transfer_input])
-    for key, value in o.extra:
+    files = [*inputs, *o.shipment.files, *o.transfer_input]
+    if files:
+        d["transfer_input_files"] = ",".join(files)
+    for key, value in o.shipment.commands:
+        d[key] = value
+    extra = dict(o.extra)
+    if o.shipment.environment:  # paths only: the secrets are in the files
+        user_env = next((v for k, v in o.extra if k.lower() == "environment"), "")
+        extra = {k: v for k, v in extra.items() if k.lower() != "environment"}
+        d["environment"] = environment_value(o.shipment.environment, user_env)
+    for key, value in extra.items():
         d[key] = value
     return d
 

@@ -73,6 +73,22 @@ class RunInfo:
     payload_starts: int = 0
     cpu_user: float = 0.0
     cpu_system: float = 0.0
+    software: Dict[str, str] = field(default_factory=lambda: software())
+
+
+def software() -> Dict[str, str]:
+    """What ran: persistjob, the Python, and where they came from (a bundle, or an installation)."""
+    import platform
+    import sys
+
+    from . import __file__ as pkg, __version__
+
+    out = {"persistjob": __version__, "python": platform.python_version(), "python_path": sys.executable,
+           "persistjob_path": os.path.dirname(pkg), "bundle": os.environ.get("PERSISTJOB_BUNDLE", "")}
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        out["boto3_path"] = os.path.dirname(str(boto3.__file__))
+    return out
 
 
 # Size: the orchestration of one run, step by step; process supervision, signals, modes and the

@@ -20,6 +20,8 @@ SANDBOX = os.path.join(REPO, "scripts", "condor-sandbox")
 SRC_IN_CHROOT = "/opt/persistjob-src"
 COUNTER_IN = SRC_IN_CHROOT + "/examples/counter/counter.py"
 PY_IN = "/usr/bin/python3"
+# what a job needs of the submitter's environment to reach the store; the credentials ride in a 0600 file
+STORE_ENV = ["--getenv", "AWS_ENDPOINT_URL_S3", "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED"]
 
 
 class Pool:
@@ -35,7 +37,7 @@ class Pool:
 
     def submit(self, *args, outdir):
         self.run("mkdir", "-p", outdir)
-        r = self.run("persistjob", "submit", "--getenv", "AWS_*", "--output-dir", outdir, *args)
+        r = self.run("persistjob", "submit", *STORE_ENV, "--output-dir", outdir, *args)
         return int(re.search(r"submitted to cluster (\d+)", r.stdout).group(1))
 
     def ads(self, constraint, attrs):
@@ -95,10 +97,14 @@ def commits_only_by_owner(recs):
 
 
 def test_job_runs_three_times_resuming_from_s3(pool, bucket_store):
+    """The default submit: the bundle is the job's executable. The slot's python3 runs it with nothing
+    of persistjob's installed for it: persistjob and boto3 come from the bundle (the run records say)."""
     c = pool.submit("--store", bucket_store.url, "--lifetime", "4s", "--interval", "1s", "--name", "three",
                     "--", PY_IN, COUNTER_IN, outdir=outdir())
     try:
         wait_for(lambda: (pool.ad(c, ["NumJobStarts"]) or {}).get("NumJobStarts", 0) >= 3, 180, "three starts")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+        wait_for(lambda: len(joblog(bucket_store, gid).runs()) >= 3, 120, "the third run's record")
         ad = pool.ad(c, ["GlobalJobId", "NumJobStarts", "PersistGeneration", "PersistRuns", "PersistLastCommit",
                          "PersistBytes", "PersistStore"])
         # chirp attributes, seen through Schedd.query
@@ -117,6 +123,36 @@ def test_job_runs_three_times_resuming_from_s3(pool, bucket_store):
         if prev.get("exit_code") == 85:
             assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
     assert commits_only_by_owner(list(log.records()))
+    for r in runs:
+        sw = r["software"]
+        assert sw["python"].startswith("3.") and sw["bundle"].endswith(".pyz"), sw
+        unpacked = sw["persistjob_path"].rsplit("/persistjob", 1)[0]
+        assert "/bundle-" in unpacked and sw["boto3_path"] == unpacked + "/boto3", sw
+
+
+def test_the_secret_key_is_nowhere_but_in_the_credentials_file(pool, bucket_store):
+    """The default submit resolves the submitter's S3 credentials and sends them as a 0600 file: the secret
+    key is in no job ad (condor_q -l, condor_history -l), no user log, no output, and the job commits."""
+    secret = bucket_store.env["AWS_SECRET_ACCESS_KEY"]
+    out = outdir()
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "3s", "--interval", "1s", "--name", "secret",
+                    "--", PY_IN, COUNTER_IN, outdir=out)
+    try:
+        ad = wait_for(lambda: (lambda a: a if a and a.get("NumJobStarts", 0) >= 2 and a.get("PersistGeneration", 0) >= 1
+                               else None)(pool.ad(c, ["NumJobStarts", "PersistGeneration", "GlobalJobId",
+                                                      "TransferInput", "Environment"])), 180, "two runs and a commit")
+        seen = {"condor_q -l": pool.run("condor_q", "-l", str(c)).stdout}
+    finally:
+        pool.rm(c)
+    wait_for(lambda: not pool.ads("ClusterId == %d" % c, ["ClusterId"]), 120, "the job to leave the queue")
+    seen["condor_history -l"] = pool.run("condor_history", "-l", str(c)).stdout
+    seen["user log, .out, .err"] = pool.run("sh", "-c", "cat %s/*" % out).stdout
+    assert "AWS_SHARED_CREDENTIALS_FILE=persistjob-credentials" in ad["Environment"]
+    cred = [f for f in ad["TransferInput"].split(",") if f.endswith("/persistjob-credentials")][0]
+    assert pool.run("stat", "-c", "%a", cred).stdout.strip() == "600"
+    for where, text in seen.items():
+        assert text.strip() and secret not in text, "the secret key is in %s" % where
+    assert joblog(bucket_store, ad["GlobalJobId"]).head().generation >= 1
 
 
 def test_vacate_takes_final_checkpoint_and_next_run_resumes(pool, bucket_store):
@@ -290,7 +326,7 @@ def test_remote_schedd_with_idtokens(pool, bucket_store, tmp_path):
     base = [sys.executable, "-m", "persistjob"]
     remote = ["--pool", "127.0.0.1:9618", "--schedd", "localhost"]
     r = subprocess.run(base + ["submit", *remote, "--store", bucket_store.url, "--name", "remote", "--lifetime", "3s",
-                               "--interval", "1s", "--getenv", "AWS_*", "--initialdir", "/tmp", "--output-dir", "/tmp",
+                               "--interval", "1s", *STORE_ENV, "--initialdir", "/tmp", "--output-dir", "/tmp",
                                "--wrapper", "/opt/persistjob-venv/bin/persistjob", "--", PY_IN, COUNTER_IN],
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -1,9 +1,12 @@
 """The submit description is a pure function: tested without a schedd."""
 
+import os
+
 import pytest
 
 from persistjob import constants as C
 from persistjob.errors import ConfigError
+from persistjob.credentials import Shipment
 from persistjob.quoting import classad_string, condor_quote_args
 from persistjob.schedd import jobspec_constraint
 from persistjob.status import JobView, flag_job
@@ -98,8 +101,9 @@ def test_bad_cron(spec, msg):
 
 
 def test_getenv_transfer_extra_and_format():
-    d = build_description(opts(getenv=("AWS_*",), transfer_input=("payload.sh",), extra=split_extra(["request_memory=2GB"])))
-    assert d["getenv"] == "AWS_*" and d["transfer_input_files"] == "payload.sh" and d["request_memory"] == "2GB"
+    d = build_description(opts(getenv=("AWS_ENDPOINT_URL_S3",), transfer_input=("payload.sh",),
+                               extra=split_extra(["request_memory=2GB"])))
+    assert d["getenv"] == "AWS_ENDPOINT_URL_S3" and d["transfer_input_files"] == "payload.sh" and d["request_memory"] == "2GB"
     text = format_description(d, 3)
     assert text.endswith("queue 3\n") and "request_memory = 2GB" in text
     with pytest.raises(ConfigError):
@@ -142,6 +146,8 @@ def test_flags():
     assert f(view(1, ad={"EnteredCurrentStatus": 1900.0})) == []
 
 
+TEMPLATE_CREDENTIALS = Shipment(("$ENV(HOME)/.cache/persistjob/credentials/persistjob-credentials",),
+                                (("AWS_SHARED_CREDENTIALS_FILE", "persistjob-credentials"),))
 TEMPLATE_OPTIONS = {
     "persistent-job.sub": dict(store="s3://persistjob-state/jobs", payload=("/opt/payload/run.sh",), name="myjob"),
     "backfill.sub": dict(store="$$(PersistStoreURL:s3://persistjob-state/backfill)", payload=("/opt/boinc/launch.sh",),
@@ -178,7 +184,7 @@ def test_templates_are_what_submit_builds(name):
             continue
         k, _, v = line.partition(" = ")
         cmds[k] = v
-    kw = dict(wrapper="/opt/persistjob/bin/persistjob", getenv=("AWS_*",))
+    kw = dict(wrapper="/opt/persistjob/bin/persistjob", getenv=("AWS_ENDPOINT_URL_S3",), shipment=TEMPLATE_CREDENTIALS)
     kw.update(TEMPLATE_OPTIONS[name])
     o = SubmitOptions(**kw)
     assert cmds == build_description(o)
@@ -236,3 +242,73 @@ def test_bundle_mode_sends_the_bundle_and_a_local_payload(tmp_path):
     assert d["transfer_input_files"] == "data.txt" and str(script) in d["arguments"]
     d = build_description(SubmitOptions(store="s3://b/p", payload=(str(script),), wrapper="/opt/pj/bin/persistjob"))
     assert d["transfer_executable"] == "false" and "transfer_input_files" not in d
+
+
+# ------------------------------------------------------------------ secrets
+
+
+@pytest.mark.parametrize("pattern", ["AWS_*", "*", "AWS_SECRET_ACCESS_KEY", "GRID_TOKEN", "*TOKEN*", "DB_PASSWORD",
+                                     "AWS_SESSION_TOKEN", "AWS_SECRET*"])
+def test_getenv_that_would_carry_a_secret_is_refused(pattern):
+    with pytest.raises(ConfigError, match="every user of the pool can read it"):
+        opts(getenv=(pattern,))
+
+
+def test_getenv_checks_what_is_set_here_too():
+    from persistjob.credentials import check_getenv
+
+    check_getenv(["AWS_ENDPOINT_URL_S3", "BEARER_TOKEN_FILE", "MYAPP_*"], {"MYAPP_MODE": "x"})
+    with pytest.raises(ConfigError, match="MYAPP_API_KEY"):
+        check_getenv(["MYAPP_*"], {"MYAPP_MODE": "x", "MYAPP_API_KEY": "k"})
+
+
+def test_environment_with_a_secret_is_refused():
+    with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY"):
+        opts(extra=split_extra(['environment="A=1 AWS_SECRET_ACCESS_KEY=abc"']))
+
+
+def test_s3_credentials_ride_in_a_private_file_never_in_the_description(tmp_path, monkeypatch):
+    from persistjob.credentials import shipment
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/SECRET", "AWS_SESSION_TOKEN": "tok123"}
+    ship = shipment("s3://bucket/p?endpoint=http://127.0.0.1:1", environ=env)
+    (path,) = ship.files
+    assert os.stat(path).st_mode & 0o777 == 0o600 and os.stat(os.path.dirname(path)).st_mode & 0o077 == 0
+    text = open(path).read()
+    assert "[default]" in text and "wJalrXUtnFEMI/SECRET" in text and "aws_session_token = tok123" in text
+    assert ship.environment == (("AWS_SHARED_CREDENTIALS_FILE", "persistjob-credentials"),)
+    d = build_description(opts(shipment=ship, extra=split_extra(['environment="MODE=fast"'])))
+    assert d["transfer_input_files"] == path
+    assert d["environment"] == '"AWS_SHARED_CREDENTIALS_FILE=persistjob-credentials MODE=fast"'
+    text = format_description(d, 1)
+    assert "wJalrXUtnFEMI/SECRET" not in text and "tok123" not in text and "AKIDEXAMPLE" not in text
+    # a profile named in the store URL is resolved by botocore (here: there is none such)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="cannot resolve S3 credentials for s3://bucket/p: ProfileNotFound"):
+        shipment("s3://bucket/p?profile=grid", environ={})
+
+
+def test_credentials_file_must_be_private_and_grid_stores_need_a_proxy_or_token(tmp_path, monkeypatch):
+    from persistjob.credentials import shipment
+
+    f = tmp_path / "creds"
+    f.write_text("[default]\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        shipment("s3://bucket/p", str(f))
+    f.chmod(0o600)
+    assert shipment("s3://bucket/p", str(f)).files == (str(f),)
+    assert shipment("s3://bucket/p", none=True).files == ()
+    assert shipment("file:///srv/state").files == ()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="no X.509 proxy"):
+        shipment("davs://se.example:443/store", environ={"X509_USER_PROXY": str(tmp_path / "none"),
+                                                         "XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    proxy = tmp_path / "x509up"
+    proxy.write_text("proxy")
+    proxy.chmod(0o600)
+    ship = shipment("root://se.example//store", environ={"X509_USER_PROXY": str(proxy), "BEARER_TOKEN_FILE": str(f)})
+    assert ship.commands == (("x509userproxy", str(proxy)),) and ship.files == (str(f),)
+    assert ship.environment == (("BEARER_TOKEN_FILE", "creds"),)

@@ -76,6 +76,7 @@ class ManagerOptions:
     max_jobs: int = 10000
     max_retries: int = 3
     persistjob_cmd: str = ""
+    bundle: Optional[str] = None
     pass_env: Tuple[str, ...] = ("AWS_*",)
     retry_delay: float = X.DEFAULT_RETRY_BASE
     release_base: float = X.DEFAULT_RELEASE_BASE
@@ -88,6 +89,12 @@ class ManagerOptions:
             raise ConfigError("--max-jobs must be at least 1")
         if self.job_wrapper and not os.access(self.job_wrapper, os.X_OK):
             raise ConfigError("--job-wrapper %s is not an executable file" % self.job_wrapper)
+
+
+def _bundle() -> str:
+    from ...bundle import cached
+
+    return cached()
 
 
 def _env_matches(name: str, patterns: Tuple[str, ...]) -> bool:
@@ -107,7 +114,10 @@ class Manager:
         self.rows: Dict[int, Any] = {}  # WQ task id -> the job's row when it was handed over
         self.queued: Dict[int, Tuple[int, int]] = {}  # submitted to WQ, no worker yet
         self.stop = False
-        self.persistjob_cmd = shlex.split(opts.persistjob_cmd) if opts.persistjob_cmd else [sys.executable, "-m", "persistjob"]
+        # persistjob on the workers: the bundle, sent as a cached input file of each task (the workers
+        # need only python3), unless --persistjob-cmd names an installed one
+        self.bundle = None if opts.persistjob_cmd else (opts.bundle or _bundle())
+        self.persistjob_cmd = shlex.split(opts.persistjob_cmd) if opts.persistjob_cmd else ["python3", "persistjob.pyz"]
         self.out_dir = os.path.join(self.table.work_dir, "tasks")
         os.makedirs(self.out_dir, exist_ok=True)
         self.q: Any = None
@@ -264,6 +274,8 @@ class Manager:
                 if _env_matches(k, self.o.pass_env):
                     env.setdefault(k, v)
             t = wq.Task(command + " > task.out 2> task.err")
+            if self.bundle:
+                t.specify_input_file(self.bundle, "persistjob.pyz", cache=True)
             t.specify_output_file(base + ".out", "task.out", cache=False)
             t.specify_output_file(base + ".err", "task.err", cache=False)
         else:
