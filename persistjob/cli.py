@@ -227,10 +227,23 @@ def _bundle() -> str:
 
 
 def _shipment(a: argparse.Namespace) -> Any:
-    from .credentials import check_getenv, shipment
+    from .credentials import check_getenv, grid_proxy, shipment
 
     check_getenv(a.getenv, os.environ)
-    return shipment(a.store, a.credentials, a.no_credentials)
+    ship = shipment(a.store, a.credentials, a.no_credentials)
+    if a.grid and not any(k == "x509userproxy" for k, _ in ship.commands):  # the CE needs one, whatever the store
+        ship = ship._replace(commands=ship.commands + (("x509userproxy", grid_proxy(os.environ)),))
+    return ship
+
+
+def _grid_env(a: argparse.Namespace) -> List[Tuple[str, str]]:
+    """In the grid universe getenv does not reach the CE: the named variables go as values."""
+    import fnmatch
+
+    if not a.grid:
+        return []
+    pats = [p.strip() for g in a.getenv for p in g.split(",") if p.strip()]
+    return sorted((k, v) for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in pats))
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
@@ -243,7 +256,8 @@ def cmd_submit(a: argparse.Namespace) -> int:
         retry_base=a.retry_base, cron=a.cron, cron_window=None if a.cron_window is None else int(a.cron_window),
         cron_prep_time=None if a.cron_prep_time is None else int(a.cron_prep_time),
         transfer_input=tuple(a.transfer_input), output_dir=a.output_dir, extra=S.split_extra(a.append),
-        getenv=tuple(a.getenv), initialdir=a.initialdir, shipment=_shipment(a), **given(a, skip=("store", "job_id")),
+        getenv=tuple(a.getenv), initialdir=a.initialdir, shipment=_shipment(a), grid=a.grid, grid_env=_grid_env(a),
+        **given(a, skip=("store", "job_id")),
     )
     desc = S.build_description(o)
     if a.dry_run:
@@ -277,7 +291,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 def cmd_rm(a: argparse.Namespace) -> int:
     from . import constants as C
     from .schedd import Scheduler, SchedulerError, jobspec_constraint
-    from .status import StoreCache, purge_store
+    from .repo import JobRepo
+    from .status import StoreCache
 
     sched = Scheduler(a.schedd, a.pool)
     constraint = "(%s =?= true) && (%s)" % (C.ATTR_JOB, jobspec_constraint(a.jobspec))
@@ -286,8 +301,6 @@ def cmd_rm(a: argparse.Namespace) -> int:
         raise ConfigError("no persistent job matches %s" % a.jobspec)
     n = sched.remove(constraint)
     print("removed %d persistent job(s)" % n)
-    if not a.purge:
-        return 0
     # Wait for the removed jobs to leave the queue: a running wrapper takes a final checkpoint first.
     ids = " || ".join("(ClusterId == %s && ProcId == %s)" % (ad["ClusterId"], ad["ProcId"]) for ad in ads)
     end = time.monotonic() + a.wait
@@ -295,15 +308,21 @@ def cmd_rm(a: argparse.Namespace) -> int:
         time.sleep(1)
     left = sched.query(ids, ["ClusterId"])
     if left:
-        raise SchedulerError("%d removed job(s) still in the queue after %.0fs; not purging yet" % (len(left), a.wait))
+        raise SchedulerError("%d removed job(s) still in the queue after %.0fs; their stores are left as they are"
+                             % (len(left), a.wait))
+    # Then a removal record in each job's log: an instance the scheduler lost track of (an orphan of a
+    # grid job, a partitioned worker) stops at its next commit or lease check.
     stores = StoreCache(60.0)
     for ad in ads:
         store = a.store or ad.get(C.ATTR_STORE)
         if not store or "$$(" in str(store):
-            print("%s.%s: no store URL known; give --store to purge" % (ad["ClusterId"], ad["ProcId"]))
+            print("%s.%s: no store URL known; give --store to stop stray instances%s"
+                  % (ad["ClusterId"], ad["ProcId"], " and to purge" if a.purge else ""))
             continue
-        n_obj = purge_store(stores.get(store), ad["GlobalJobId"])
-        print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], n_obj))
+        repo = JobRepo(stores.get(store), ad["GlobalJobId"])
+        repo.retire("persistjob rm")
+        if a.purge:
+            print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], repo.purge()))
     return 0
 
 
@@ -414,6 +433,8 @@ def _fill_demo(d: argparse.ArgumentParser) -> None:
 def _fill_submit(su: argparse.ArgumentParser) -> None:
     add_run_options(su, skip=("job_id",), match_time=("store", "lifetime", "interval", "checkpoint_dir"))
     su.add_argument("--count", type=int, default=1)
+    su.add_argument("--grid", metavar="'arc URL'", help="submit to an ARC CE through HTCondor-G (grid universe), "
+                    "e.g. 'arc https://ce.example.org:443/arex/rest/1.0'; needs an X.509 proxy")
     fo = su.add_mutually_exclusive_group()
     fo.add_argument("--forever", action="store_true", default=True, help="re-run forever (default)")
     fo.add_argument("--until-done", action="store_true", help="remove the job when the payload finishes (exit 0)")

@@ -89,4 +89,4 @@ def retry_delay(base: float, repeat: int, cap: float = DEFAULT_RETRY_CAP) -> flo
 
 def retry_delay_classad(base: float, repeat_expr: str, cap: float = DEFAULT_RETRY_CAP) -> str:
     """:func:`retry_delay` as a ClassAd expression of ``repeat_expr`` (for HTCondor's periodic_release)."""
-    return "min({%d, %d * pow(2, min({%s - 1, %d}))})" % (int(cap), int(base), repeat_expr, DOUBLINGS_MAX)
+    return "min({%d, %d * pow(2, min({(%s) - 1, %d}))})" % (int(cap), int(base), repeat_expr, DOUBLINGS_MAX)

@@ -178,6 +178,15 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     return Shipment(tuple(files), tuple(env), tuple(commands))
 
 
+def grid_proxy(environ: Mapping[str, str]) -> str:
+    """The submitter's X.509 proxy (an ARC CE authenticates the job's owner with it)."""
+    proxy = environ.get("X509_USER_PROXY") or "/tmp/x509up_u%d" % os.getuid()
+    if not os.path.isfile(proxy):
+        raise ConfigError("--grid: no X.509 proxy at %s: make one (arcproxy, voms-proxy-init) or set X509_USER_PROXY"
+                          % proxy)
+    return proxy
+
+
 def environment_value(pairs: Sequence[Tuple[str, str]], extra: str = "") -> str:
     """An HTCondor ``environment`` value (new syntax) from pairs, plus a user's own new-syntax value."""
     parts = ["%s=%s" % (k, ("'%s'" % v.replace("'", "''")) if (" " in v or "'" in v) else v) for k, v in pairs]

@@ -96,6 +96,10 @@ class UnsafeManifest(ConfigError):
     """a manifest names a path outside the checkpoint directory"""
 
 
+class JobRemoved(ConfigError):
+    """the job was removed"""
+
+
 class NoIntactGeneration(ConfigError):
     """no committed generation could be restored intact"""
 

@@ -140,10 +140,3 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     with ThreadPoolExecutor(max(1, min(8, len(views))), thread_name_prefix="persistjob-status") as pool:
         list(pool.map(fill, views))
     return views
-
-
-def purge_store(store: Any, job_id: str) -> int:
-    """Delete every stored object of a job (``rm --purge``); return the count."""
-    from .repo import JobRepo
-
-    return JobRepo(store, job_id).purge()

@@ -73,14 +73,16 @@ class SubmitOptions:
     ``vacate_grace`` and ``crash_limit`` may also be given as keywords.
     """
 
-    __slots__ = ("payload", "count", "forever", "name", "wrapper", "bundle", "transfer_payload", "shipment", "release_limit",
+    __slots__ = ("payload", "count", "forever", "name", "wrapper", "bundle", "transfer_payload", "shipment", "grid",
+                 "grid_env", "release_limit",
                  "release_base", "retry_base",
                  "cron", "cron_window", "cron_prep_time", "transfer_input", "output_dir", "getenv", "initialdir",
                  "extra", "run")
 
     def __init__(self, store: str, payload: Sequence[str], count: int = 1, forever: bool = True,
                  name: str = "persistjob", wrapper: Optional[str] = None, bundle: str = "persistjob.pyz",
-                 transfer_payload: bool = True, shipment: Shipment = Shipment(),
+                 transfer_payload: bool = True, shipment: Shipment = Shipment(), grid: Optional[str] = None,
+                 grid_env: Sequence[Tuple[str, str]] = (),
                  release_limit: int = X.DEFAULT_RELEASE_LIMIT,
                  release_base: float = X.DEFAULT_RELEASE_BASE, retry_base: float = X.DEFAULT_RETRY_BASE,
                  cron: Optional[str] = None, cron_window: Optional[int] = None, cron_prep_time: Optional[int] = None,
@@ -101,6 +103,9 @@ class SubmitOptions:
         self.run: Dict[str, Any] = run
         self.payload, self.count, self.forever, self.name, self.wrapper = tuple(payload), count, forever, name, wrapper
         self.bundle, self.transfer_payload, self.shipment = bundle, transfer_payload, shipment
+        self.grid, self.grid_env = grid, tuple(grid_env)
+        if grid is not None and not re.match(r"^arc \S+$", grid):
+            raise ConfigError("--grid takes an ARC CE: 'arc https://HOST:PORT/arex/rest/1.0' (got %r)" % grid)
         self.release_limit, self.release_base, self.retry_base = release_limit, release_base, retry_base
         self.cron, self.cron_window, self.cron_prep_time = cron, cron_window, cron_prep_time
         self.transfer_input, self.output_dir, self.getenv = tuple(transfer_input), output_dir, tuple(getenv)
@@ -127,7 +132,15 @@ def _exit_in(codes: Sequence[int]) -> str:
     return tests[0] if len(tests) == 1 else "(%s)" % " || ".join(tests)
 
 
-def policy(forever: bool, release_limit: int, release_base: float, retry_base: float) -> Dict[str, str]:
+#: Holds by this policy only (on_exit_hold: HoldReasonCode 3, "JobPolicy"): not a user's condor_hold,
+#: not the gridmanager's hold after each run of a grid job.
+POLICY_HOLDS = "ifThenElse(isUndefined(NumHoldsByReason.JobPolicy), 0, NumHoldsByReason.JobPolicy)"
+#: What HTCondor-G does to a grid job (ARC) that exited with on_exit_remove false: it holds it. The
+#: next run is a release away.
+GRID_RERUN_HOLD = '((HoldReasonCode =?= 0) && (HoldReason =?= "Unspecified gridmanager error"))'
+
+
+def policy(forever: bool, release_limit: int, release_base: float, retry_base: float, grid: bool = False) -> Dict[str, str]:
     """The HTCondor policy expressions of a persistent job, derived from the exit-code contract."""
     held = X.codes(X.HOLD) + X.codes(X.HOLD_RELEASE) + X.codes(X.RERUN_LATER)
     d = {
@@ -136,14 +149,25 @@ def policy(forever: bool, release_limit: int, release_base: float, retry_base: f
                                '"see the job\'s error file", %s))' % (C.ATTR_LAST_ERROR, C.ATTR_LAST_ERROR),
         "on_exit_hold_subcode": "ExitCode",
         "periodic_release": " || ".join(
-            ["((HoldReasonCode =?= 3) && (HoldReasonSubCode =?= %d) && (NumHolds < %d) && "
-             "((time() - EnteredCurrentStatus) > %s))" % (c, release_limit, X.retry_delay_classad(release_base, "NumHolds"))
+            ["((HoldReasonCode =?= 3) && (HoldReasonSubCode =?= %d) && (%s < %d) && "
+             "((time() - EnteredCurrentStatus) > %s))" % (c, POLICY_HOLDS, release_limit,
+                                                          X.retry_delay_classad(release_base, POLICY_HOLDS))
              for c in X.codes(X.HOLD_RELEASE)] +
             ["((HoldReasonCode =?= 3) && (HoldReasonSubCode =?= %d) && ((time() - EnteredCurrentStatus) > %s))"
-             % (c, X.retry_delay_classad(retry_base, "NumHolds")) for c in X.codes(X.RERUN_LATER)]),
+             % (c, X.retry_delay_classad(retry_base, POLICY_HOLDS)) for c in X.codes(X.RERUN_LATER)] +
+            ([GRID_RERUN_HOLD] if grid else [])),
     }
     d["on_exit_remove"] = "false" if forever else "(ExitBySignal =?= false) && %s" % _exit_in(X.codes(X.COMPLETE))
     return d
+
+
+def _arc_url(grid: str) -> str:
+    """``arc URL`` with the REST path HTCondor's ARC GAHP needs: it fills in only a missing path, and
+    uses ``https://host:port/arex`` as it is, which answers 404 forever (the job idles)."""
+    url = grid.split(None, 1)[1].rstrip("/")
+    if url.endswith("/arex"):
+        url += "/rest/1.0"
+    return "arc " + url
 
 
 def _seconds(value: Any) -> Optional[int]:
@@ -180,7 +204,7 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
         raise ConfigError("--vacate-grace cannot be a match-time value (it sets job_max_vacate_time)")
     payload, inputs = _payload_inputs(o)
     args = ["run", *run_argv(o.run, always=SHOWN_RUN_OPTIONS), "--", *payload]
-    d: Dict[str, str] = {"universe": "vanilla"}
+    d: Dict[str, str] = {"universe": "vanilla"} if not o.grid else {"universe": "grid", "grid_resource": _arc_url(o.grid)}
     if o.wrapper:  # persistjob installed on the workers beforehand
         d.update(executable=o.wrapper, transfer_executable="false")
     else:  # the bundle travels with the job: the site needs nothing but python3
@@ -194,15 +218,16 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
         "output": "%s/%s.$(Cluster).$(Process).out" % (o.output_dir, o.name),
         "error": "%s/%s.$(Cluster).$(Process).err" % (o.output_dir, o.name),
         "log": "%s/%s.$(Cluster).log" % (o.output_dir, o.name),
-        "want_io_proxy": "true",
-        "kill_sig": "SIGTERM",
-        "job_max_vacate_time": str(grace + 15),
-        "want_graceful_removal": "true",
+    })
+    if not o.grid:  # chirp and the vacate grace are the starter's; a CE has neither
+        d.update({"want_io_proxy": "true", "kill_sig": "SIGTERM", "job_max_vacate_time": str(grace + 15),
+                  "want_graceful_removal": "true"})
+    d.update({
         "+PersistJob": "true",
         "+" + C.ATTR_NAME: classad_string(o.name),
         "+" + C.ATTR_STORE: classad_string(o.store),
     })
-    pol = policy(o.forever, o.release_limit, int(o.release_base), int(o.retry_base))
+    pol = policy(o.forever, o.release_limit, int(o.release_base), int(o.retry_base), grid=bool(o.grid))
     d.update((k, v) for k, v in pol.items() if k != "on_exit_remove")
     if interval is not None:
         d["+" + C.ATTR_INTERVAL] = str(interval)
@@ -216,8 +241,8 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
     if o.initialdir:
         # a remote schedd does not know the submitter's working directory
         d["initialdir"] = o.initialdir
-    if o.getenv:
-        # e.g. 'AWS_*': the store's credentials and endpoint from the submitter's environment
+    if o.getenv and not o.grid:
+        # e.g. AWS_ENDPOINT_URL_S3: what the job needs of the submitter's environment (no secret)
         d["getenv"] = ", ".join(o.getenv)
     files = [*inputs, *o.shipment.files, *o.transfer_input]
     if files:
@@ -225,7 +250,15 @@ def build_description(o: SubmitOptions) -> Dict[str, str]:
     for key, value in o.shipment.commands:
         d[key] = value
     extra = dict(o.extra)
-    if o.shipment.environment:  # paths only: the secrets are in the files
+    if o.grid:
+        # On a CE the payload sees no job ad, and $$() is not expanded in the grid universe: the job's
+        # identity goes in an expression-valued Environment, which HTCondor-G evaluates at each submission.
+        if any(k.lower() == "environment" for k, _ in o.extra):
+            raise ConfigError("--grid builds the job's environment itself; give variables with --getenv instead")
+        pairs = list(o.shipment.environment) + list(o.grid_env)
+        d["+Environment"] = 'strcat("%s=", GlobalJobId%s)' % (C.ENV_JOB_ID, "".join(
+            ', " %s=%s"' % (k, v.replace("\\", "\\\\").replace('"', '\\"')) for k, v in pairs))
+    elif o.shipment.environment:  # paths only: the secrets are in the files
         user_env = next((v for k, v in o.extra if k.lower() == "environment"), "")
         extra = {k: v for k, v in extra.items() if k.lower() != "environment"}
         d["environment"] = environment_value(o.shipment.environment, user_env)

@@ -242,7 +242,7 @@ class Wrapper:
                 next_lease = now + o.lease_check
                 try:
                     if self.repo.superseded():
-                        return self._fenced("a newer instance claimed the job")
+                        return self._fenced("the job's log has a newer record (another instance's claim, or persistjob rm)")
                 except StorageError as exc:
                     log.debug("lease check failed: %s", exc)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 from .. import constants as C
 from ..checkpoint import Checkpointer, ChunkStore, Snapshot, Stats
 from ..codec import Entry, decode_chunk, decode_manifest, encode_manifest
-from ..errors import ConfigError, IntegrityError, NoIntactGeneration, ObjectNotFound, UnsafeManifest
+from ..errors import ConfigError, IntegrityError, JobRemoved, NoIntactGeneration, ObjectNotFound, UnsafeManifest
 from ..storage import Backend
 from .layout import Layout, job_key
 from .log import EMPTY, JobLog, Record, host_name
@@ -118,9 +118,12 @@ class JobRepo:
         """Take the job: append a claim record (Fenced when another instance took the same slot).
 
         A run that vanished without an end record (its claim is still the newest record) counts as
-        a failed run in the crash streak.
+        a failed run in the crash streak.  A removed job is never taken again (JobRemoved, 78).
         """
         head = self.head()
+        if head.kind == "removed":
+            raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again"
+                             % (self.job_id, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(head.data.get("time", 0)))))
         inherited = head.crash_streak + (1 if head.kind == "claim" else 0)
         self.mine = self.log.append(head, "claim", run=head.run + 1, crash_streak=inherited,
                                     data={"host": host_name(), "pid": os.getpid()})
@@ -272,8 +275,21 @@ class JobRepo:
                 out.append((gen, str(exc), stats))
         return out
 
+    def retire(self, reason: str = "removed") -> Record:
+        """Append a removal record: a wrapper still running anywhere (an orphan of a grid job, a
+        partitioned worker) meets it at its next commit or lease check and stops without writing,
+        as it stops for a newer claim; no run claims the job again."""
+        head = self.head()
+        if head.kind == "removed":
+            return head
+        self.mine = self.log.append(head, "removed", data={"reason": reason})
+        return self.mine
+
     def purge(self) -> int:
-        """Delete every stored object of the job (``rm --purge``); return the count."""
-        keys = [o.key for o in self.store.list(self.keys.root)]
+        """Delete every stored object of the job (``rm --purge``) but its removal record, which stays
+        as a tombstone so that a stale instance can never start the job again; return the count."""
+        head = self.head()
+        keep = {self.keys.log(head.seq)} if head.kind == "removed" else set()
+        keys = [o.key for o in self.store.list(self.keys.root) if o.key not in keep]
         self.store.delete_many(keys)
         return len(keys)

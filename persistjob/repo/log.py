@@ -23,6 +23,9 @@ from .layout import Layout
 log = logging.getLogger(__name__)
 
 HINT_EVERY = 64
+#: claim: a run takes the job; commit: a generation is published; end: a run ended in order;
+#: removed: the job was removed (persistjob rm): any instance still running is fenced by it.
+KINDS = ("claim", "commit", "end", "removed")
 
 
 def host_name() -> str:
@@ -56,7 +59,7 @@ class Record(NamedTuple):
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError("log record %d is malformed: %s" % (seq, exc)) from None
         check_format(version, "log record %d" % seq)
-        if rec.seq != seq or rec.kind not in ("claim", "commit", "end"):
+        if rec.seq != seq or rec.kind not in KINDS:
             raise IntegrityError("log record %d is inconsistent" % seq)
         if rec.manifest is not None and not is_hash(rec.manifest):
             raise IntegrityError("log record %d names a bad manifest id" % seq)

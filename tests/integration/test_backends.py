@@ -161,3 +161,33 @@ def test_restore_round_trip_and_gc(store, tmp_path):
             c.close()
     finally:
         ck.close()
+
+
+def test_removal_record_stops_a_stray_instance_and_survives_purge(store, tmp_path):
+    """persistjob rm's removal record: a running instance is fenced by it at its next commit or lease
+    check, no run claims the job again, and purge keeps it as the only object (a tombstone)."""
+    from persistjob.errors import JobRemoved
+
+    b = store.backend()
+    root = tmp_path / "state"
+    root.mkdir()
+    _write(root / "f", b"one")
+    running = JobRepo(b, "removed#1")
+    running.claim()
+    ws = running.workspace(str(root), racy=0)
+    try:
+        running.commit(ws, ws.snapshot())
+        JobRepo(b, "removed#1").retire("persistjob rm")
+        assert running.superseded(), "the lease check sees it"
+        _write(root / "f", b"two")
+        with pytest.raises(Fenced):
+            running.commit(ws, ws.snapshot())
+    finally:
+        ws.close()
+    with pytest.raises(JobRemoved, match="was removed"):
+        JobRepo(b, "removed#1").claim()
+    gone = JobRepo(b, "removed#1")
+    assert gone.purge() > 0
+    assert [o.key for o in b.list(gone.keys.root)] == [gone.keys.log(gone.head().seq)]
+    with pytest.raises(JobRemoved):
+        JobRepo(b, "removed#1").claim()

@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import COUNTER, REPO, clean_env, job_id
+from tests.conftest import COUNTER, clean_env, job_id
 
 pytestmark = pytest.mark.s3
 

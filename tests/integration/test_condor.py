@@ -289,7 +289,9 @@ def test_status_and_rm_purge(pool, bucket_store):
         assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).keys.root))
         rm = pool.run("persistjob", "rm", "--purge", str(good), timeout=300)
         assert "removed 1 persistent job" in rm.stdout and "purged" in rm.stdout
-        assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).keys.root)) == []
+        left = JobLog(bucket_store.backend(), gid)
+        assert [o.key for o in bucket_store.backend().list(left.keys.root)] == [left.keys.log(left.head().seq)]
+        assert left.head().kind == "removed", "only the removal record stays, as a tombstone"
         assert pool.ad(good, ["JobStatus"]) is None
     finally:
         for cl in (good, held, stalled):

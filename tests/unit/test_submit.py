@@ -36,8 +36,8 @@ def test_forever_description_policy():
     assert d["on_exit_remove"] == "false"
     assert "ExitCode =?= 78" in d["on_exit_hold"] and "ExitCode =?= 79" in d["on_exit_hold"]
     assert "PersistLastError" in d["on_exit_hold_reason"] and d["on_exit_hold_subcode"] == "ExitCode"
-    assert "HoldReasonSubCode =?= 79" in d["periodic_release"] and "NumHolds < 6" in d["periodic_release"]
-    assert "120 * pow(2, min({NumHolds - 1, 16}))" in d["periodic_release"]
+    assert "HoldReasonSubCode =?= 79" in d["periodic_release"] and "NumHoldsByReason.JobPolicy) < 6" in d["periodic_release"]
+    assert "120 * pow(2, min({(ifThenElse(" in d["periodic_release"]
     assert d["kill_sig"] == "SIGTERM" and d["job_max_vacate_time"] == "45"
     assert d["want_io_proxy"] == "true" and d["+PersistJob"] == "true"
     assert d["+PersistName"] == '"persistjob"' and d["+PersistStore"] == '"s3://b/p"'
@@ -50,10 +50,13 @@ def test_forever_description_policy():
     assert "--vacate-grace 1m --keep 5 --crash-limit 3 --storage-timeout 1m30s --chunk-size 256k -- " in d["arguments"]
 
 
-def _released(policy, **ad):
+def _released(policy, NumHolds, HoldReasonCode=3, **ad):
+    """The policy's verdict on a held job whose holds were all by the policy (NumHolds of them)."""
     import classad2
 
-    return classad2.ExprTree(policy).eval(classad2.ClassAd(dict(HoldReasonCode=3, **ad))) is True
+    ad = dict(HoldReasonCode=HoldReasonCode, NumHolds=NumHolds, **ad)
+    ad["NumHoldsByReason"] = classad2.ClassAd({"JobPolicy": NumHolds} if HoldReasonCode == 3 else {"Unspecified": NumHolds})
+    return classad2.ExprTree(policy).eval(classad2.ClassAd(ad)) is True
 
 
 def test_try_later_is_a_hold_released_after_a_doubling_delay():
@@ -160,11 +163,11 @@ TEMPLATE_OPTIONS = {
                  "$$(BoincProjectURL:https://einsteinathome.org/)", "--account-key",
                  "$$(BoincAccountKey:YOUR_WEAK_ACCOUNT_KEY)", "--checkpoint-every", "3600"),
         extra=(("nice_user", "true"), ("request_cpus", "1"), ("request_disk", "4GB"))),
-    "arc-grid.sub": dict(store="s3://persistjob-state/grid", payload=("./run.sh",), name="arcjob",
-                         transfer_input=("run.sh",), wrapper="persistjob", getenv=(),
-                         extra=(("universe", "grid"), ("grid_resource", "arc https://arc-ce.example.org:443/arex"),
-                                ("arc_resources", "<QueueName>grid</QueueName>"),
-                                ("environment", '"PERSISTJOB_JOB_ID=submit.example.org#$(Cluster).$(Process) AWS_PROFILE=grid"'))),
+    "arc-grid.sub": dict(store="s3://persistjob-state/grid?endpoint=https://s3.example.org", payload=("./run.sh",),
+                         name="arcjob", transfer_input=("run.sh",), wrapper=None, bundle="persistjob.pyz", getenv=(),
+                         grid="arc https://arc-ce.example.org:443/arex/rest/1.0",
+                         shipment=TEMPLATE_CREDENTIALS._replace(commands=(("x509userproxy", "/tmp/x509up_u1000"),)),
+                         extra=(("arc_resources", "<QueueName>grid</QueueName>"),)),
 }
 
 
