@@ -74,6 +74,26 @@ class RunInfo:
     cpu_user: float = 0.0
     cpu_system: float = 0.0
     software: Dict[str, str] = field(default_factory=lambda: software())
+    #: The wrapper's own lines of this run (the last LOG_LINES): every run's story stays in the store,
+    #: also where the scheduler rewrites the job's error file at each run (grid jobs, Slurm requeues).
+    log: List[str] = field(default_factory=list)
+
+
+LOG_LINES = 200
+
+
+class _RunLog(logging.Handler):
+    def __init__(self, lines: List[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+            del self.lines[:-LOG_LINES]
+        except Exception:  # pragma: no cover - logging must never break the run
+            pass
 
 
 def software() -> Dict[str, str]:
@@ -132,6 +152,8 @@ class Wrapper:
             if self.ws is not None:
                 self.ws.close()
             self.signals.restore()
+            if getattr(self, "_run_log", None) is not None:
+                log.removeHandler(self._run_log)
 
     def _run(self) -> int:
         o = self.opts
@@ -159,6 +181,8 @@ class Wrapper:
             return X.EXIT_TEMPFAIL
         self.info = RunInfo(self.job_id, mine.run, mine.seq, host_name(), host_and_slot(self.environ), os.getpid(),
                             time.time(), generation=mine.generation)
+        self._run_log = _RunLog(self.info.log)
+        log.addHandler(self._run_log)
         log.info("claim: job %s run %d (log record %d, key %s) on %s", self.job_id, mine.run, mine.seq,
                  self.repo.key[:12], host_name())
         # 3. restore

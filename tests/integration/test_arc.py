@@ -90,6 +90,8 @@ def test_persistent_job_runs_three_times_through_the_ce(ce, bucket_store):
     for prev, nxt in zip(runs, runs[1:]):
         assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
     assert all(r["software"]["bundle"] and "/bundle-" in r["software"]["persistjob_path"] for r in runs)
+    # the .err file is rewritten by each run; each run's lines stay in its run record
+    assert all("claim: job %s run %d " % (gid, r["run"]) in "\n".join(r["log"]) for r in runs)
     assert ad["JobUniverse"] == 9 and ad["GridJobId"].startswith("arc ")
     print("ARC: %d runs in %.0f s (about %.0f s run to run; NumHolds %s, by reason %s)"
           % (len(runs), took, took / max(1, len(runs) - 1), ad.get("NumHolds"), ad.get("NumHoldsByReason")))

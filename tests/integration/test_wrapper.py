@@ -39,6 +39,10 @@ def test_resume_across_three_runs(store):
     runs = JobLog(store.backend(), "local#resume").runs()
     assert [x["run"] for x in sorted(runs, key=lambda x: x["run"])] == [1, 2, 3]
     assert all(x["exit_code"] == 85 and x["commits"] >= 1 and x["state"] == "ended" for x in runs)
+    # each run's own story is kept with it, whatever the scheduler does with the error file
+    for x in runs:
+        text = "\n".join(x["log"])
+        assert "claim: job local#resume run %d " % x["run"] in text and "commit: generation" in text, text
 
 
 def test_payload_done_and_exit_code_mode(store):
