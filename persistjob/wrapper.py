@@ -188,7 +188,7 @@ class Wrapper:
         # 3. restore
         generation = self._restore()
         self._put_run("running")
-        self.telemetry({C.ATTR_RUNS: mine.run, C.ATTR_GENERATION: mine.generation, C.ATTR_STORE: self.store.url})
+        self.telemetry({C.ATTR_RUNS: mine.run, C.ATTR_GENERATION: mine.generation, C.ATTR_STORE: o.store})
         if self.stop_reason:
             return self._finish(self.stop_reason, o.vacate_grace * 0.8)
         # 4.-6. run, checkpoint, end
@@ -332,6 +332,11 @@ class Wrapper:
     def _crashed(self, rc: int) -> int:
         assert self.info is not None
         what = ("killed by signal %s" % signal.Signals(-rc).name) if rc < 0 else ("exited %d" % rc)
+        if rc == -signal.SIGKILL:
+            # SIGKILL comes from outside the payload (a killed starter's process tracking, the kernel's
+            # OOM killer, an operator): a lost run, not a payload failure that feeds the crash streak
+            return self._end(X.EXIT_PAYLOAD_FAILED, "payload %s from outside; counted as a lost run, not a crash"
+                             % what, lost=True)
         streak = self.repo.failed_streak(self.info.commits > 0)
         if streak >= self.opts.crash_limit:
             return self._end(X.EXIT_CRASHLOOP, "crash loop: payload %s; %d consecutive runs failed without a new "
@@ -352,11 +357,11 @@ class Wrapper:
             pass
         return X.EXIT_TEMPFAIL
 
-    def _end(self, code: int, reason: str, crash_streak: Optional[int] = None) -> int:
+    def _end(self, code: int, reason: str, crash_streak: Optional[int] = None, lost: bool = False) -> int:
         assert self.info is not None and self.payload is not None
         self.payload.stop(min(10.0, self.opts.vacate_grace))
         try:
-            self.repo.end_run(code, reason, crash_streak)
+            self.repo.end_run(code, reason, crash_streak, lost)
         except Fenced:
             return self._fenced("another instance appended to the log")
         except StorageError as exc:

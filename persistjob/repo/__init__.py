@@ -117,15 +117,16 @@ class JobRepo:
     def claim(self) -> Record:
         """Take the job: append a claim record (Fenced when another instance took the same slot).
 
-        A run that vanished without an end record (its claim is still the newest record) counts as
-        a failed run in the crash streak.  A removed job is never taken again (JobRemoved, 78).
+        A run that vanished without an end record (its claim or a commit is still the newest record:
+        its node or starter was killed) is counted as lost, not in the crash streak, which only the payload's own
+        failures feed.  A removed job is never taken again (JobRemoved, 78).
         """
         head = self.head()
         if head.kind == "removed":
             raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again"
                              % (self.job_id, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(head.data.get("time", 0)))))
-        inherited = head.crash_streak + (1 if head.kind == "claim" else 0)
-        self.mine = self.log.append(head, "claim", run=head.run + 1, crash_streak=inherited,
+        lost = head.lost + (1 if head.kind in ("claim", "commit") else 0)  # the last run wrote no end record
+        self.mine = self.log.append(head, "claim", run=head.run + 1, lost=lost,
                                     data={"host": host_name(), "pid": os.getpid()})
         if self.mine.retained:
             self.retained = self.mine.retained
@@ -194,8 +195,10 @@ class JobRepo:
         """The crash streak after a run whose payload failed: reset by a commit in this run."""
         return 0 if committed_this_run else self.mine.crash_streak + 1
 
-    def end_run(self, code: int, reason: str, crash_streak: Optional[int] = None) -> Record:
+    def end_run(self, code: int, reason: str, crash_streak: Optional[int] = None, lost: bool = False) -> Record:
         changes: Dict[str, Any] = {} if crash_streak is None else {"crash_streak": crash_streak}
+        if lost:
+            changes["lost"] = self.mine.lost + 1
         self.mine = self.log.append(self.mine, "end", data={"reason": reason, "exit_code": code}, **changes)
         return self.mine
 

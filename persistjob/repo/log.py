@@ -39,13 +39,15 @@ class Record(NamedTuple):
     generation: int
     manifest: Optional[str]
     retained: Tuple[Tuple[int, str], ...]
-    crash_streak: int
+    crash_streak: int  # consecutive runs whose payload itself failed, without a new commit
     data: Dict[str, Any]
+    lost: int = 0  # runs that vanished without an end record, or whose payload was killed from outside
 
     def to_bytes(self) -> bytes:
         body = dict(self.data)
         body.update(v=FORMAT_VERSION, seq=self.seq, kind=self.kind, run=self.run, generation=self.generation,
-                    manifest=self.manifest, retained=[list(r) for r in self.retained], crash_streak=self.crash_streak)
+                    manifest=self.manifest, retained=[list(r) for r in self.retained], crash_streak=self.crash_streak,
+                    lost=self.lost)
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -55,7 +57,7 @@ class Record(NamedTuple):
             version = int(d.pop("v", 1))
             rec = cls(int(d.pop("seq")), str(d.pop("kind")), int(d.pop("run")), int(d.pop("generation")),
                       d.pop("manifest"), tuple((int(g), str(m)) for g, m in d.pop("retained")),
-                      int(d.pop("crash_streak", 0)), d)
+                      int(d.pop("crash_streak", 0)), d, int(d.pop("lost", 0)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError("log record %d is malformed: %s" % (seq, exc)) from None
         check_format(version, "log record %d" % seq)

@@ -395,3 +395,35 @@ def test_local_runner_waits_after_try_later_by_the_contract(tmp_path, monkeypatc
     assert text.count("exited 75 (try later)") == 4 and "not starting fresh" in text
     assert sleeps == [1.0, 2.0, 4.0], "a doubling delay before each re-run after 75 (none after the last run)"
     assert "payload: started" not in text
+
+
+def test_runs_killed_from_outside_are_lost_runs_not_crashes(store, tmp_path):
+    """A payload SIGKILLed from outside (a killed starter, the OOM killer) and a wrapper that vanished
+    without an end record are counted as lost runs: the crash streak, which puts a job on hold, counts
+    only the payload's own failures."""
+    jid = job_id()
+    p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck1"),
+                    "--interval", "1s", "--", PY, COUNTER, "--quiet")
+    try:
+        wait_for(lambda: JobLog(store.backend(), jid).head().generation >= 1, 60, "a commit")
+        kids = [int(x) for x in open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()]
+        os.kill(kids[0], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        stop_group(p)
+    assert p.returncode == C.EXIT_PAYLOAD_FAILED and "from outside; counted as a lost run" in err, err
+    head = JobLog(store.backend(), jid).head()
+    assert (head.kind, head.crash_streak, head.lost) == ("end", 0, 1)
+    # a run that vanishes (its wrapper killed with the whole group): the next claim counts it as lost
+    p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck2"),
+                    "--interval", "1s", "--", PY, COUNTER, "--quiet")
+    try:
+        wait_for(lambda: JobLog(store.backend(), jid).head().kind == "commit", 60, "a commit of the second run")
+    finally:
+        stop_group(p)
+    r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck3"),
+                  "--lifetime", "1s", "--", PY, COUNTER)
+    assert r.returncode == C.EXIT_CHECKPOINTED, r.stderr
+    recs = list(JobLog(store.backend(), jid).records())
+    third = [x for x in recs if x.kind == "claim"][-1]
+    assert (third.run, third.crash_streak, third.lost) == (3, 0, 2)

@@ -1,6 +1,7 @@
 """The submit description is a pure function: tested without a schedd."""
 
 import os
+import re
 
 import pytest
 
@@ -145,7 +146,7 @@ def test_flags():
     assert f(view(2, last_commit=None, ad={"EnteredCurrentStatus": 1950.0})) == []  # just started
     assert f(view(5, ad={"HoldReasonSubCode": 79})) == ["HELD", "CRASHLOOP"]
     assert f(view(1, crash_streak=2)) == ["CRASHLOOP", "IDLE-LONG"]
-    assert f(view(2, last_commit=1990.0, fenced=1)) == ["FENCED"]
+    assert f(view(2, last_commit=1990.0, fenced=1)) == []  # one refused duplicate, gone: information
     assert f(view(1, ad={"EnteredCurrentStatus": 1900.0})) == []
 
 
@@ -220,12 +221,69 @@ def test_collect_status_joins_every_job_with_its_own_store_view(tmp_path):
             assert "PersistJob" in constraint
             return ads
 
-    views = collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
-                           now=1_700_000_100.0)
+    views, now = collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
+                                clock=lambda: 1_700_000_100.0)
+    assert now == 1_700_000_100.0
     assert [v.ad["ClusterId"] for v in views] == list(range(12)) + [99]
     assert [v.generation for v in views[:12]] == [i + 1 for i in range(12)], [v.store_error for v in views]
     assert all(v.last_commit == 1_700_000_000.0 and not v.store_error for v in views[:12])
     assert views[12].store_error == "no store URL in the job ad"
+
+
+def test_status_answers_in_bounded_time_whatever_the_store_does(tmp_path, monkeypatch):
+    """A store that hangs: status gives up on it at --timeout, marks its jobs STORE?, and computes every
+    age from one clock read after the reads (never a negative age)."""
+    import threading
+
+    from persistjob import status as S
+
+    release = threading.Event()
+
+    class Hanging:  # stands in for a stopped S3 server (SIGSTOP): every request waits
+        url = "s3://hung/x"
+
+        def __getattr__(self, name):
+            def call(*a, **kw):
+                release.wait(30)
+                raise S.PersistJobError("gave up")
+            return call
+
+    monkeypatch.setattr(S.StoreCache, "get", lambda self, url: Hanging())
+    ads = [{"ClusterId": i, "ProcId": 0, "GlobalJobId": "s#%d.0#1" % i, "JobStatus": 2, C.ATTR_STORE: "s3://hung/x",
+            C.ATTR_INTERVAL: 5, C.ATTR_LAST_COMMIT: 1000, "EnteredCurrentStatus": 900} for i in range(3)]
+
+    class Schedd:
+        def query(self, constraint):
+            return ads
+
+    clock = iter([1000.0, 1030.0])
+    try:
+        views, now = S.collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600,
+                                      fenced_window=86400, timeout=0.5, clock=lambda: next(clock))
+    finally:
+        release.set()
+    assert now == 1030.0
+    for v in views:
+        assert v.store_error == S.STORE_TIMEOUT and "STORE?" in v.flags
+        # the store is down, the job ad still knows the last commit: 30 s > 2 x 5 s -> STALLED
+        assert "STALLED" in v.flags, v.flags
+    table = S.status_table(views, now)
+    assert "30s ago" in table and not re.search(r"-\d+s ago", table), table
+
+
+@pytest.mark.parametrize("times,flagged", [
+    ([1000, 1001], False),                        # one incident: the displaced run's note and the duplicate's
+    ([1000, 1001, 1100, 1200], True),             # refusals keep arriving: a stale instance persists
+    ([1000, 1001, 5000, 5001], False),            # two separate incidents
+    ([1000, 5000, 9000], True),                   # recurring incidents
+])
+def test_fenced_flags_only_a_persisting_or_recurring_stale_instance(times, flagged):
+    from persistjob.status import JobView, fenced_incidents, flag_job
+
+    v = JobView({"JobStatus": 2, "EnteredCurrentStatus": 10_000, C.ATTR_LAST_COMMIT: 10_000})
+    v.fenced = len(times)
+    v.fenced_incidents, v.fenced_persists = fenced_incidents(times)
+    assert ("FENCED" in flag_job(v, 10_001, idle_long=3600, default_interval=3600)) == flagged
 
 
 def test_bundle_mode_sends_the_bundle_and_a_local_payload(tmp_path):
