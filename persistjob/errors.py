@@ -96,6 +96,10 @@ class UnsafeManifest(ConfigError):
     """a manifest names a path outside the checkpoint directory"""
 
 
+class StoreCannotFence(ConfigError):
+    """the store does not refuse a second create of the same key"""
+
+
 class JobRemoved(ConfigError):
     """the job was removed"""
 

@@ -171,7 +171,7 @@ class Wrapper:
         self.mode = make_mode(self.payload, o, ckdir)
         set_child_subreaper()
         self.signals.install()
-        # 2. claim
+        # 2. claim (on a store that can fence: checked first)
         try:
             mine = self.repo.claim()
         except StorageUnavailable as exc:

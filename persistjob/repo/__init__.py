@@ -11,12 +11,23 @@ import hashlib
 import logging
 import os
 import time
+import uuid
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from .. import constants as C
 from ..checkpoint import Checkpointer, ChunkStore, Snapshot, Stats
 from ..codec import Entry, decode_chunk, decode_manifest, encode_manifest
-from ..errors import ConfigError, IntegrityError, JobRemoved, NoIntactGeneration, ObjectNotFound, UnsafeManifest
+from ..errors import (
+    ConfigError,
+    IntegrityError,
+    JobRemoved,
+    NoIntactGeneration,
+    ObjectExists,
+    ObjectNotFound,
+    StorageError,
+    StoreCannotFence,
+    UnsafeManifest,
+)
 from ..storage import Backend
 from .layout import Layout, job_key
 from .log import EMPTY, JobLog, Record, host_name
@@ -52,6 +63,8 @@ def retained_after(new: Generation, old: Iterable[Generation], keep: int, drop: 
     return tuple(out[:max(1, keep)])
 
 
+# Size: one job's stored state has one owner: every operation on it (a run's claim, restore, commit and
+# end; upkeep: gc, verify, retire, purge; the fencing check) is here, each a method of a few lines.
 class JobRepo:
     """One job in one store.  Reading needs nothing more; a run calls :meth:`claim` first and then
     :meth:`restore`, :meth:`commit` and :meth:`end_run`, each appending to the fenced log."""
@@ -121,7 +134,8 @@ class JobRepo:
         its node or starter was killed) is counted as lost, not in the crash streak, which only the payload's own
         failures feed.  A removed job is never taken again (JobRemoved, 78).
         """
-        head = self.head()
+        head = self.head()  # first: a missing bucket or bad credentials are told by a read
+        self.check_fencing()
         if head.kind == "removed":
             raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again"
                              % (self.job_id, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(head.data.get("time", 0)))))
@@ -133,6 +147,28 @@ class JobRepo:
         elif self.mine.manifest:
             self.retained = ((self.mine.generation, self.mine.manifest),)
         return self.mine
+
+    def check_fencing(self) -> None:
+        """Fencing rests on the store refusing a second create of one key.  Some S3 servers and
+        gateways ignore ``If-None-Match: *``: create a probe key twice, and refuse such a store
+        (StoreCannotFence, 78) unless its URL says ``?fencing=unsafe``."""
+        if getattr(self.store, "fencing_unsafe", False):
+            return
+        key = self.keys.probe(uuid.uuid4().hex)
+        self.store.put_if_absent(key, b"first")
+        try:
+            self.store.put_if_absent(key, b"second")
+        except ObjectExists:
+            return
+        finally:
+            try:
+                self.store.delete(key)
+            except StorageError:
+                pass
+        raise StoreCannotFence("%s accepted a second create of the same key (If-None-Match ignored): it cannot keep "
+                               "two instances of a job from both committing; use a store that honours conditional "
+                               "writes, or add ?fencing=unsafe to the store URL to accept that risk"
+                               % self.store.url.split("?", 1)[0])
 
     def workspace(self, root: str, **kw: Any) -> Checkpointer:
         """A checkpoint directory bound to this job's chunks."""

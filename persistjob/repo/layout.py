@@ -44,6 +44,10 @@ class Layout:
     def run(self, run: int, seq: int) -> str:
         return "%s%08d-%012d" % (self.run_dir, run, seq)
 
+    def probe(self, nonce: str) -> str:
+        """A throw-away key for checking that the store refuses a second create."""
+        return "%sprobe-%s" % (self.root, nonce)
+
     def fenced(self, when: float, pid: int) -> str:
         return "%s%d-%d" % (self.fenced_dir, int(when), pid)
 

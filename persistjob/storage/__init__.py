@@ -39,10 +39,26 @@ def _gfal(url: str) -> Optional[Backend]:
 FACTORIES: List[Callable[[str], Optional[Backend]]] = [_posix, _s3, _gfal]
 
 
+def _fencing_param(url: str) -> "tuple[str, bool]":
+    """Take ``fencing=unsafe`` out of a URL (every scheme accepts it): (the URL without it, whether given)."""
+    if "?" not in url:
+        return url, False
+    base, query = url.split("?", 1)
+    items = [q for q in query.split("&") if q]
+    kept = [q for q in items if q.split("=", 1)[0] != "fencing"]
+    given = [q.split("=", 1)[1] if "=" in q else "" for q in items if q.split("=", 1)[0] == "fencing"]
+    if given and given[-1] != "unsafe":
+        raise InvalidURL("fencing=%s: the only value is 'unsafe' (accept a store that cannot refuse a second "
+                         "create of the same key)" % given[-1])
+    return (base + ("?" + "&".join(kept) if kept else "")), bool(given)
+
+
 def get_backend(url: str) -> Backend:
     scheme, _ = split_url(url)
+    url, unsafe = _fencing_param(url)
     for factory in FACTORIES:
         backend = factory(url)
         if backend is not None:
+            backend.fencing_unsafe = unsafe
             return backend
     raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://, root://, davs://, https://, srm://)" % scheme)

@@ -37,6 +37,8 @@ class Backend:
     url: str = ""
     #: Whether ``put_if_absent`` is atomic against concurrent writers.
     atomic_create = True
+    #: ``?fencing=unsafe``: the user accepts a store that may not refuse a second create.
+    fencing_unsafe = False
 
     def get(self, key: str) -> bytes:
         raise NotImplementedError

@@ -32,6 +32,7 @@ class RetryingBackend(Backend):
         self.inner = inner
         self.url = inner.url
         self.atomic_create = inner.atomic_create
+        self.fencing_unsafe = inner.fencing_unsafe
         self.timeout = float(timeout)
         self.clock = clock
         self.cancel = cancel

@@ -191,3 +191,56 @@ def test_removal_record_stops_a_stray_instance_and_survives_purge(store, tmp_pat
     assert [o.key for o in b.list(gone.keys.root)] == [gone.keys.log(gone.head().seq)]
     with pytest.raises(JobRemoved):
         JobRepo(b, "removed#1").claim()
+
+
+def test_a_store_that_cannot_fence_is_refused(tmp_path):
+    """moto's S3 server before 5.x overwrites on If-None-Match: * — a store that cannot refuse a second
+    create. persistjob probes that before its claim: exit 78, one line; ?fencing=unsafe accepts it."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import COUNTER, REPO, clean_env
+
+    moto = os.path.join(REPO, ".venv-moto", "bin", "moto_server")
+    if not os.access(moto, os.X_OK):
+        pytest.fail("make test installs moto 4.2 (an S3 server without conditional writes) in .venv-moto")
+    from tests.servers import free_ports
+
+    port = free_ports(1)[0]
+    server = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
+                time.sleep(0.2)
+        env = clean_env({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                         "AWS_DEFAULT_REGION": "us-east-1"})
+        import boto3
+
+        boto3.client("s3", endpoint_url="http://127.0.0.1:%d" % port, aws_access_key_id="testing",
+                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="nofence")
+        url = "s3://nofence/jobs?endpoint=http://127.0.0.1:%d" % port
+        r = subprocess.run([sys.executable, "-m", "persistjob", "run", "--job-id", "probe#1", "--store", url,
+                            "--checkpoint-dir", str(tmp_path / "ck"), "--lifetime", "1s", "--", sys.executable, COUNTER],
+                           env=env, capture_output=True, text=True, timeout=120)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 78 and len(lines) == 1 and "accepted a second create of the same key" in lines[0], r.stderr
+        assert "fencing=unsafe" in lines[0] and not (tmp_path / "ck" / "counter.json").exists()
+        listed = boto3.client("s3", endpoint_url="http://127.0.0.1:%d" % port, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1").list_objects_v2(Bucket="nofence")
+        assert listed.get("KeyCount", 0) == 0, "the probe left nothing behind"
+        r = subprocess.run([sys.executable, "-m", "persistjob", "run", "--job-id", "probe#1", "--store", url + "&fencing=unsafe",
+                            "--checkpoint-dir", str(tmp_path / "ck2"), "--lifetime", "1s", "--", sys.executable, COUNTER],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 85, r.stderr
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
+        server.wait()
