@@ -150,15 +150,29 @@ def main():
         return 1
     why = stop["why"] or "checkpoint interval"
     t0 = time.monotonic()
-    boinccmd("--quit")
-    try:
-        client.wait(timeout=a.quit_timeout)
-        log("client quit cleanly in %.1fs (%s); exiting 85 so that the stopped state is committed"
-            % (time.monotonic() - t0, why))
-    except subprocess.TimeoutExpired:
+    end = t0 + a.quit_timeout
+    # A clean quit writes client_state.xml and exits. Under load the RPC itself can time out: ask again
+    # while time is left, and after half of it send SIGTERM, which the client also treats as a clean
+    # shutdown; only past --quit-timeout is it killed (and the state may be a few seconds old).
+    asked = 0
+    while client.poll() is None and time.monotonic() < end:
+        if time.monotonic() - t0 < a.quit_timeout / 2:
+            if boinccmd("--quit", timeout=max(1.0, min(10.0, end - time.monotonic()))).returncode == 0:
+                asked += 1
+        elif asked >= 0:
+            client.terminate()
+            asked = -1
+        try:
+            client.wait(timeout=max(0.1, min(2.0, end - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+    if client.poll() is None:
         client.kill()
         client.wait()
         log("client did not quit within %.0fs (%s): killed" % (a.quit_timeout, why))
+    else:
+        log("client quit cleanly in %.1fs (%s, %s); exiting 85 so that the stopped state is committed"
+            % (time.monotonic() - t0, why, "SIGTERM" if asked < 0 else "RPC quit"))
     return 85
 
 

@@ -61,7 +61,7 @@ def test_boinc_client_moves_between_hosts_with_one_identity(s3store, tmp_path):
     assert out.count("client started") >= 4
     quits = [float(x) for x in re.findall(r"client quit cleanly in ([\d.]+)s", out)]
     assert len(quits) == out.count("client started") and max(quits) < 30, quits
-    assert "(SIGTERM)" in out, "at lifetime end the client is asked to quit before the final checkpoint"
+    assert "(SIGTERM, " in out, "at lifetime end the client is asked to quit before the final checkpoint"
     assert "host CPID %s (md5 of the job ID): created" % cpid in out
     run2 = re.findall(r"boinc-launcher: run 2, restored generation (\d+)", out)
     assert run2 and int(run2[0]) >= 1, "run 2 resumed the state of run 1"
