@@ -11,5 +11,6 @@ def self_command() -> List[str]:
     bundle = os.environ.get("PERSISTJOB_BUNDLE")
     if bundle and os.path.isfile(bundle):
         flags = (["-I"] if sys.flags.isolated else []) + (["-S"] if sys.flags.no_site else [])
-        return [sys.executable, *flags, bundle]
+        # sys.executable is empty where Python cannot tell its own path (a job started with no PATH)
+        return [sys.executable or "python3", *flags, bundle]
     return [sys.executable, "-m", "persistjob"]

@@ -10,40 +10,27 @@ import uuid
 import pytest
 
 from persistjob.repo.log import JobLog
-from tests.conftest import REPO, Store, clean_env, wait_for
+from tests.conftest import REPO, Store, wait_for
+from tests.integration.test_condor import Pool
 
 pytestmark = pytest.mark.arc
 
 ARC = os.path.join(REPO, "scripts", "arc-sandbox")
 PY_IN = "/usr/bin/python3"
 COUNTER_IN = "/opt/persistjob-src/examples/counter/counter.py"
-STORE_ENV = ["--getenv", "AWS_ENDPOINT_URL_S3", "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED"]
 
 
-class CE:
+class CE(Pool):
+    """The sandbox pool seen through arc-sandbox (a valid proxy for every command); jobs go to the CE."""
+
+    script = ARC
+
     def __init__(self, env):
-        self.env = env
+        super().__init__(env)
         self.url = subprocess.run([ARC, "url"], capture_output=True, text=True, check=True).stdout.strip()
 
-    def run(self, *cmd, timeout=180, check=True):
-        r = subprocess.run([ARC, "run", "--", *cmd], env=clean_env(self.env), capture_output=True, text=True,
-                           timeout=timeout)
-        if check and r.returncode != 0:
-            raise AssertionError("%s exited %d:\n%s%s" % (" ".join(cmd), r.returncode, r.stdout, r.stderr))
-        return r
-
     def submit(self, *args, outdir):
-        self.run("mkdir", "-p", outdir)
-        r = self.run("persistjob", "submit", "--grid", self.url, *STORE_ENV, "--output-dir", outdir, *args)
-        return int(re.search(r"submitted to cluster (\d+)", r.stdout).group(1))
-
-    def ad(self, cluster, attrs):
-        code = ("import htcondor2, json, sys; ads = htcondor2.Schedd().query(constraint=sys.argv[1], projection=sys.argv[2].split(','));"
-                "print(json.dumps([{k: (ad.eval(k) if k in ad else None) for k in sys.argv[2].split(',')} for ad in ads], default=str))")
-        import json
-
-        ads = json.loads(self.run(PY_IN, "-c", code, "ClusterId == %d" % cluster, ",".join(attrs)).stdout)
-        return {k: v for k, v in ads[0].items() if v is not None} if ads else None
+        return super().submit("--grid", self.url, *args, outdir=outdir)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,13 @@ STORE_ENV = ["--getenv", "AWS_ENDPOINT_URL_S3", "--getenv", "AWS_DEFAULT_REGION"
 
 
 class Pool:
+    script = SANDBOX  # what runs a command in the chroot as the submit user
+
     def __init__(self, env):
         self.env = env
 
     def run(self, *cmd, timeout=180, check=True):
-        r = subprocess.run([SANDBOX, "run", "--", *cmd], env=clean_env(self.env), capture_output=True, text=True,
+        r = subprocess.run([self.script, "run", "--", *cmd], env=clean_env(self.env), capture_output=True, text=True,
                            timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError("%s exited %d:\n%s%s" % (" ".join(cmd), r.returncode, r.stdout, r.stderr))
