@@ -64,6 +64,13 @@ def test_persistent_job_runs_three_times_through_the_ce(ce, bucket_store):
                   "--", PY_IN, COUNTER_IN, outdir=outdir())
     try:
         gid = wait_for(lambda: (ce.ad(c, ["GlobalJobId"]) or {}).get("GlobalJobId"), 60, "the job ad")
+        # A-REX and the pool on 127.0.0.1 only, and no connection of theirs leaving this machine
+        listening = [ln for ln in subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True).stdout.splitlines()
+                     if "arched" in ln or "condor_" in ln]
+        assert any("arched" in ln for ln in listening) and all(ln.split()[3].startswith("127.0.0.1:") for ln in listening), listening
+        peers = [ln.split()[4] for ln in subprocess.run(["ss", "-Htnp"], capture_output=True, text=True).stdout.splitlines()
+                 if "arched" in ln or "condor_" in ln]
+        assert all(p.startswith(("127.", "[::ffff:127.")) for p in peers), peers
         t0 = time.monotonic()
         wait_for(lambda: len([r for r in _runs(bucket_store, gid) if r.get("exit_code") == 85]) >= 3, 600,
                  "three runs through the CE")

@@ -438,3 +438,13 @@ def test_boinc_launcher_as_a_persistent_condor_job(pool, bucket_store, tmp_path)
     # state is committed only after the client quit: every start in the committed history has its clean exit,
     # and the history spans several runs (the log travels with the state)
     assert starts >= 2 and log.count("Exiting") == starts, log[-2000:]
+
+
+def test_the_pool_listens_on_loopback_only(pool):
+    """ENABLE_IPV6 = False, NETWORK_INTERFACE = 127.0.0.1: no daemon of the sandbox pool listens on any
+    other address (without them shared_port also bound the host's non-loopback IPv6 address)."""
+    out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True).stdout
+    condor = [ln for ln in out.splitlines() if "condor_" in ln]
+    assert condor, out
+    local = [ln.split()[3] for ln in condor]
+    assert all(a.startswith("127.0.0.1:") for a in local), condor
