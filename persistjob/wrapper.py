@@ -223,7 +223,7 @@ class Wrapper:
                     C.ENV_GENERATION: str(generation)})
         env.update(self.mode.payload_env())
         self.payload.start(env)
-        self.info.payload_starts += 1
+        self.info.payload_starts = self.payload.starts
 
     def _supervise(self, generation: int) -> int:
         o, payload = self.opts, self.payload
