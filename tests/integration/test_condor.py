@@ -448,3 +448,82 @@ def test_the_pool_listens_on_loopback_only(pool):
     assert condor, out
     local = [ln.split()[3] for ln in condor]
     assert all(a.startswith("127.0.0.1:") for a in local), condor
+
+
+def _ancestor(pid, name):
+    """The nearest ancestor of pid whose command name is name (None if there is none)."""
+    while pid > 1:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                stat = f.read()
+        except OSError:
+            return None
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm == name:
+            return pid
+        pid = int(rest[1])
+    return None
+
+
+def test_killed_starter_is_a_lost_run_not_a_payload_crash(pool, bucket_store):
+    """kill -9 of the job's condor_starter (infrastructure trouble on the node): the run is counted as lost,
+    the crash streak stays 0, the job runs again and resumes, and status shows the lost run."""
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "1s", "--name", "starter",
+                    "--", PY_IN, COUNTER_IN, "--quiet", outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 2, 120, "commits")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+        claim = [r for r in joblog(bucket_store, gid).records() if r.kind == "claim"][-1]
+        starter = _ancestor(int(claim.data["pid"]), "condor_starter")  # the chroot shares the host's PIDs
+        assert starter, "no condor_starter above the wrapper (pid %s)" % claim.data["pid"]
+        os.kill(starter, signal.SIGKILL)
+        wait_for(lambda: len([r for r in joblog(bucket_store, gid).records() if r.kind == "claim"]) >= 2, 300,
+                 "the job to run again after its starter was killed")
+        gen = joblog(bucket_store, gid).head().generation
+        wait_for(lambda: joblog(bucket_store, gid).head().generation > gen, 120, "the new run to commit")
+        view = json.loads(pool.run("persistjob", "status", "--json", "--constraint", "ClusterId == %d" % c,
+                                   check=False).stdout)[0]
+        runs = {r["run"]: r for r in joblog(bucket_store, gid).runs()}
+    finally:
+        pool.rm(c)
+    assert view["crash_streak"] == 0 and "CRASHLOOP" not in view["flags"] and view["JobStatus"] == 2, view
+    # the killed run either vanished (no end record: counted lost by the next claim) or recorded that its
+    # payload was killed from outside; never "payload failed"
+    first = runs[1]
+    print("starter killed: run 1 %s, lost runs %d" % ({k: first.get(k) for k in ("state", "exit_code", "reason")},
+                                                      view["lost_runs"]))
+    assert first.get("exit_code") != 1 and "payload failed" not in (first.get("reason") or ""), first
+    assert view["lost_runs"] >= 1, view
+    assert runs[2]["restored_generation"] >= 2
+
+
+def test_status_answers_while_the_store_is_stopped(pool, bucket_store):
+    """SIGSTOP of the S3 server (it accepts connections and never answers): status answers within its
+    --timeout with STORE? for the job, never a negative age, and STALLED once the running job has gone two
+    intervals plus its commit time without a commit (from the ad's PersistLastCommit, as the store is silent)."""
+    c = pool.submit("--store", bucket_store.url, "--lifetime", "10m", "--interval", "2s", "--name", "silent",
+                    "--", PY_IN, COUNTER_IN, "--quiet", outdir=outdir())
+    server = bucket_store.server.proc
+    stopped = False
+    try:
+        wait_for(lambda: (pool.ad(c, ["PersistLastCommit"]) or {}).get("PersistLastCommit"), 120, "a commit in the ad")
+        os.killpg(server.pid, signal.SIGSTOP)
+        stopped = True
+
+        def stalled():
+            r = pool.run("persistjob", "status", "--json", "--timeout", "3", "--constraint", "ClusterId == %d" % c,
+                         check=False, timeout=90)  # 90 s: a status that waits for the store fails here
+            view = json.loads(r.stdout)[0]
+            assert "STORE?" in view["flags"] and r.returncode == 1, (view, r.stderr)
+            assert all(not str(x).startswith("-") for x in re.findall(r"(-?\d+)s ago", r.stderr + r.stdout))
+            return view if "STALLED" in view["flags"] else None
+
+        view = wait_for(stalled, 120, "STALLED while the store is stopped")
+        table = pool.run("persistjob", "status", "--timeout", "3", "--constraint", "ClusterId == %d" % c,
+                         check=False, timeout=90)
+        assert "STORE?" in table.stdout and "STALLED" in table.stdout and not re.search(r"-\d+s", table.stdout)
+        assert view["JobStatus"] == 2
+    finally:
+        if stopped:
+            os.killpg(server.pid, signal.SIGCONT)
+        pool.rm(c)

@@ -144,6 +144,11 @@ class Manager:
             log.warning("wq: --name without --catalog-host: not reporting to any catalog (CCTools' public "
                         "default is never used)")
         self.port = self.q.port
+        # the address the shims name when this manager is down (kept after it exits)
+        with open(os.path.join(self.table.work_dir, ".manager.address.tmp"), "w") as f:
+            f.write("127.0.0.1:%d\n" % self.port)
+        os.replace(os.path.join(self.table.work_dir, ".manager.address.tmp"),
+                   os.path.join(self.table.work_dir, "manager.address"))
         log.info("wq: manager listening on port %d, work dir %s%s", self.port, self.table.work_dir,
                  (", reporting to catalog %s:%d as %s" % (self.o.catalog_host, self.o.catalog_port,
                                                           self.o.name or self.o.project_name)) if self.o.catalog_host else "")
@@ -286,8 +291,15 @@ class Manager:
             t.specify_input_file(r["cmd"], "agent", cache=False)
             if self.o.job_wrapper:
                 t.specify_input_file(self.o.job_wrapper, "wrapper.sh", cache=True)
-            t.specify_output_file(r["output"] or base + ".out", "pilot.out", cache=False)
-            t.specify_output_file(r["error"] or base + ".err", "pilot.err", cache=False)
+            # stream_output/stream_error: Work Queue sends the file's growth while the task runs (WATCH),
+            # so what a pilot printed is there even when it is removed before it ends
+            attrs = json.loads(r["attrs"])
+            for path, name, attr in ((r["output"] or base + ".out", "pilot.out", "StreamOut"),
+                                     (r["error"] or base + ".err", "pilot.err", "StreamErr")):
+                watch = wq.WORK_QUEUE_WATCH if attrs.get(attr) == "true" else None
+                if watch:
+                    open(path, "a").close()  # a streamed file exists from the start, empty or not, as on HTCondor
+                t.specify_output_file(path, name, flags=watch, cache=False)
         for k, v in env.items():
             t.specify_environment_variable(k, v)
         t.specify_tag(tag)

@@ -38,9 +38,11 @@ def job_ad(row: sqlite3.Row, schedd_host: Optional[str] = None) -> Dict[str, Any
     if args:
         ad["Args"] = " ".join(args)
     ad["Environment"] = environment_string(env)  # HTCondor always defines it ("" when empty)
-    for key, attr in (("output", "Out"), ("error", "Err"), ("log", "UserLog")):
-        if row[key]:
-            ad[attr] = row[key]
+    ad["In"] = "/dev/null"
+    for key, attr in (("output", "Out"), ("error", "Err")):
+        ad[attr] = row[key] or "/dev/null"  # HTCondor's value for a job without output/error
+    if row["log"]:
+        ad["UserLog"] = row["log"]
     if row["exit_code"] is not None:
         ad["ExitCode"] = row["exit_code"]
     if row["hold_reason"]:

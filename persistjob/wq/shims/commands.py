@@ -1,10 +1,12 @@
 """``condor_submit``, ``condor_q``, ``condor_rm``, ``condor_status`` for a Work Queue site.
 
 They answer from the manager's durable job table, never with placeholders,
-and print what HTCondor 23.9 prints for the command lines AliEn's and
-JAliEn's Condor backends run (docs/workqueue.md lists them):
-the same spacing, blank lines, error texts and exit codes.  Constraints and
-``-af`` expressions are evaluated with the real ClassAd library (``classad2``).
+and print what HTCondor 23.9 prints for the command lines AliEn's, JAliEn's
+and dask-jobqueue's HTCondor backends run (docs/workqueue.md lists them):
+the same spacing, blank lines, error texts and exit codes, on the same
+streams.  Constraints and ``-af`` expressions are evaluated with the real
+ClassAd library (``classad2``), ``-format``/``-af`` by ``printmask``, the
+submit language by HTCondor's own code (``submitfile``).
 """
 
 import getpass
@@ -16,112 +18,13 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 
-from ...quoting import classad_string
 from ..manager import userlog
 from ..manager.table import COMPLETED, HELD, IDLE, REMOVED, RUNNING, JobTable, default_work_dir
 from .ads import iter_ads
-from .submitfile import SubmitError, finalize, parse_submit
+from .printmask import Item, classad2, evaluate, is_true, parse_output_option, render, to_classad, unparsed
+from .submitfile import SubmitError, parse_submit
 
 HEARTBEAT_MAX_AGE = 60.0
-
-
-# ---------------------------------------------------------------- classads
-
-
-def _classad2() -> Any:
-    try:
-        import classad2
-    except ImportError:  # pragma: no cover - declared dependency of the wq extra
-        sys.stderr.write("ERROR: these condor_* commands need the ClassAd library: pip install htcondor\n")
-        raise SystemExit(1)
-    return classad2
-
-
-def to_classad(ad: Dict[str, Any]) -> Any:
-    c2 = _classad2()
-    out = c2.ClassAd()
-    for k, v in ad.items():
-        if k == "_custom":
-            for ck, cv in v.items():
-                try:
-                    out[ck] = c2.ExprTree(cv)
-                except Exception:
-                    out[ck] = cv
-        elif v is not None:
-            out[k] = v
-    return out
-
-
-def evaluate(expr: str, ad: Any) -> Any:
-    c2 = _classad2()
-    return c2.ExprTree(expr).eval(ad)
-
-
-def is_true(expr: Optional[str], ad: Any) -> bool:
-    if not expr:
-        return True
-    v = evaluate(expr, ad)
-    return v is True or (isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0)
-
-
-def af_text(v: Any) -> str:
-    """A value as -af prints it: strings raw, undefined as 'undefined'."""
-    c2 = _classad2()
-    if v is c2.Value.Undefined:
-        return "undefined"
-    if v is c2.Value.Error:
-        return "error"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, (int, str)):
-        return str(v)
-    return str(v)
-
-
-def unparsed(v: Any) -> str:
-    """A value as a ClassAd literal (strings quoted), for %V and -long."""
-    if isinstance(v, str):
-        return classad_string(v)
-    return af_text(v)
-
-
-def c_escapes(fmt: str) -> str:
-    return fmt.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\")
-
-
-_CONV = re.compile(r"%([-+ #0]*\d*(?:\.\d+)?)([diouxXeEfFgGsvV%])")
-
-
-def printf(fmt: str, v: Any) -> str:
-    """One -format: C-style conversion of one attribute's value."""
-    c2 = _classad2()
-    undefined = v is c2.Value.Undefined or v is c2.Value.Error
-
-    def conv(m: "re.Match[str]") -> str:
-        flags, kind = m.group(1), m.group(2)
-        if kind == "%":
-            return "%"
-        if kind in "vV":
-            return unparsed(v) if kind == "V" else af_text(v)
-        if kind in "diouxX":
-            try:
-                n = int(v) if not isinstance(v, str) else int(float(v))
-            except (TypeError, ValueError):
-                n = 0
-            return ("%" + flags + ("d" if kind in "iu" else kind)) % n
-        if kind in "eEfFgG":
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                x = 0.0
-            return ("%" + flags + kind) % x
-        return ("%" + flags + "s") % af_text(v)
-
-    if undefined:
-        return ""
-    return _CONV.sub(conv, c_escapes(fmt))
 
 
 # ---------------------------------------------------------------- helpers
@@ -147,19 +50,36 @@ def manager_info(wd: str) -> Optional[Dict[str, Any]]:
     return info
 
 
-def _address(info: Optional[Dict[str, Any]]) -> str:
-    port = info.get("port", 9094) if info else 9094
+def _host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def _address(wd: str, info: Optional[Dict[str, Any]]) -> str:
+    """The manager's address as HTCondor writes a sinful string: the running manager's port, else the
+    port the last manager of this work dir was configured with (``manager.address``)."""
+    port = info.get("port") if info else None
+    if port is None:
+        try:
+            with open(os.path.join(wd, "manager.address")) as f:
+                port = f.read().strip().rpartition(":")[2]
+        except OSError:
+            return "<unknown: no manager has run with work dir %s>" % wd
     return "<127.0.0.1:%s?...>" % port
 
 
-def _schedd_line(info: Optional[Dict[str, Any]]) -> str:
-    return "-- Schedd: %s : %s @ %s" % (socket.gethostname().split(".")[0], _address(info),
-                                        time.strftime("%m/%d/%y %H:%M:%S"))
+def _schedd_line(wd: str, info: Optional[Dict[str, Any]]) -> str:
+    return "-- Schedd: %s : %s @ %s" % (_host(), _address(wd, info), time.strftime("%m/%d/%y %H:%M:%S"))
 
 
-def _backend_down(out: TextIO, info: Optional[Dict[str, Any]]) -> int:
-    out.write("\n-- Failed to fetch ads from: %s : %s\nCEDAR:6001:Failed to connect to %s\n"
-              % (_address(info), socket.gethostname().split(".")[0], _address(info)))
+def _extra_info(wd: str) -> str:
+    return ("Extra Info: persistjob's Work Queue manager %s (work dir %s) is not running or has not written "
+            "its heartbeat for %d s; start it with: persistjob wq manager --work-dir %s\n"
+            % (_address(wd, None), wd, int(HEARTBEAT_MAX_AGE), wd))
+
+
+def _schedd_down(err: TextIO, wd: str) -> int:
+    """condor_q when the schedd cannot be found: nothing on stdout, HTCondor's error on stderr, exit 1."""
+    err.write("Error: Can't find address for schedd %s\n\n%s" % (_host(), _extra_info(wd)))
     return 1
 
 
@@ -182,34 +102,22 @@ def _totals(label: str, ads: Sequence[Dict[str, Any]], trailing: bool) -> str:
 
 
 def _parse_q(argv: Sequence[str]) -> Dict[str, Any]:
-    a: Dict[str, Any] = {"constraints": [], "formats": [], "af": None, "af_mods": "", "totals": False, "long": False,
+    a: Dict[str, Any] = {"constraints": [], "items": [], "af_mods": "", "totals": False, "long": False,
                          "json": False, "attributes": None, "owners": [], "ids": []}
     i = 0
     argv = list(argv)
     while i < len(argv):
         arg = argv[i]
         low = arg.lower()
-        if low in ("-constraint", "-const", "-cons"):
+        nxt, mods = parse_output_option(argv, i, a["items"])
+        if nxt != i:
+            a["af_mods"] = a["af_mods"] if mods is None else mods
+            i = nxt
+        elif low in ("-constraint", "-const", "-cons"):
             if i + 1 >= len(argv):
                 raise ValueError("-constraint requires another argument")
             a["constraints"].append(argv[i + 1])
             i += 2
-        elif low in ("-format", "-f"):
-            if i + 2 >= len(argv):
-                raise ValueError("-format requires format and attribute parameters")
-            a["formats"].append((argv[i + 1], argv[i + 2]))
-            i += 3
-        elif low.startswith("-af") or low.startswith("-autoformat"):
-            mods = arg.split(":", 1)[1] if ":" in arg else ""
-            attrs = []
-            i += 1
-            while i < len(argv) and not argv[i].startswith("-"):
-                attrs.append(argv[i])
-                i += 1
-            if not attrs:
-                raise ValueError("-autoformat requires at last one attribute")
-            a["af"] = (a["af"] or []) + attrs
-            a["af_mods"] = mods
         elif low in ("-totals", "-tot"):
             a["totals"] = True
             i += 1
@@ -264,7 +172,9 @@ def condor_q(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.st
     info = manager_info(wd)
     table = _open_table()
     if info is None or table is None:
-        return _backend_down(out, info)
+        if table is not None:
+            table.close()
+        return _schedd_down(err, wd)
     try:
         all_ads = list(iter_ads(table.queue()))
     finally:
@@ -276,12 +186,8 @@ def condor_q(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.st
     except Exception as exc:
         err.write("Error: Invalid constraint: %s\n" % exc)
         return 1
-    if a["formats"]:
-        for ad, c in chosen:
-            out.write("".join(printf(fmt, evaluate(attr, c)) for fmt, attr in a["formats"]))
-        return 0
-    if a["af"]:
-        _autoformat(out, a["af"], a["af_mods"], [c for _, c in chosen])
+    if a["items"]:
+        out.write(render(a["items"], a["af_mods"], [c for _, c in chosen]))
         return 0
     if a["long"]:
         for ad, c in chosen:
@@ -296,7 +202,7 @@ def condor_q(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.st
                                    sort_keys=True))
         out.write("[\n" + "\n,\n".join(objs) + ("\n" if objs else "") + "]\n")
         return 0
-    out.write("\n\n%s\n" % _schedd_line(info))
+    out.write("\n\n%s\n" % _schedd_line(wd, info))
     ads_q = [ad for ad, _ in chosen]
     if not a["totals"]:
         if a.get("nobatch"):
@@ -330,34 +236,12 @@ def _unparse_attr(c: Any, k: str) -> str:
 
 def _json_value(c: Any, k: str) -> Any:
     v = evaluate(k, c)
-    c2 = _classad2()
+    c2 = classad2()
     if v is c2.Value.Undefined or v is c2.Value.Error:
         return None
     if isinstance(v, (bool, int, float, str)):
         return v
     return str(v)
-
-
-def _autoformat(out: TextIO, attrs: List[str], mods: str, cads: List[Any]) -> None:
-    sep = "\t" if "t" in mods else ", " if "," in mods else " "
-    rows = []
-    for c in cads:
-        vals = [af_text(evaluate(x, c)) for x in attrs]
-        if "j" in mods:
-            vals.insert(0, "%s.%s" % (af_text(evaluate("ClusterId", c)), af_text(evaluate("ProcId", c))))
-        rows.append(vals)
-    heads = (["ID"] if "j" in mods else []) + list(attrs)
-    if "h" in mods:
-        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
-        out.write(sep.join(h.ljust(w) for h, w in zip(heads, widths)).rstrip() + "\n")
-        for r in rows:
-            out.write(sep.join(v.ljust(w) for v, w in zip(r, widths)) + "\n")
-        return
-    for r in rows:
-        if "n" in mods:
-            out.write("\n".join(r) + "\n")
-        else:
-            out.write(sep.join(r) + "\n")
 
 
 _HEADER = "OWNER    BATCH_NAME    SUBMITTED   DONE   RUN    IDLE   HOLD  TOTAL JOB_IDS"
@@ -413,33 +297,28 @@ def condor_submit(argv: Sequence[str], stdin: TextIO = sys.stdin, out: TextIO = 
             return 1
     else:
         text = stdin.read()
-    if not terse:
-        out.write("Submitting job(s)")
-        out.flush()
-    owner = getpass.getuser()
-    try:
-        procs = parse_submit(text, os.getcwd(), owner)
-    except SubmitError as exc:
-        out.flush()
-        err.write("ERROR: %s\n" % exc)
-        return 1
-    if not procs:
-        out.write("\n")
-        err.write("ERROR: no queue statement in the submit file\n")
-        return 1
+    wd = work_dir()
     table = _open_table()
-    if table is None or manager_info(table.work_dir if table else work_dir()) is None:
+    info = manager_info(wd)
+    if table is None or info is None:  # condor_submit looks for the schedd before it says anything
         if table is not None:
             table.close()
-        out.write("\n")
-        err.write("ERROR: Can't find address of local schedd\n")
+        err.write("\nERROR: Can't find address of local schedd\n%s" % _extra_info(wd))
         return 1
-    info = manager_info(table.work_dir) or {}
     try:
+        if not terse:
+            out.write("Submitting job(s)")
+            out.flush()
+        try:
+            description = parse_submit(text, os.getcwd(), getpass.getuser())
+        except SubmitError as exc:
+            out.flush()
+            err.write("%sERROR: %s\n" % ("\n" if exc.parsing else "", exc))
+            return 1
         jobs: List[Dict[str, Any]] = []
 
         def make(c: int) -> List[Dict[str, Any]]:
-            jobs[:] = finalize(procs, c)
+            jobs[:] = description.procs(c)
             return jobs
 
         cluster = table.submit(make)
@@ -449,9 +328,12 @@ def condor_submit(argv: Sequence[str], stdin: TextIO = sys.stdin, out: TextIO = 
         if j.get("log"):
             userlog.submitted(j["log"], cluster, proc, int(info.get("port", 9094)))
     if terse:
-        out.write("%d.0 - %d.%d\n" % (cluster, cluster, len(procs) - 1))
+        out.write("%d.0 - %d.%d\n" % (cluster, cluster, len(jobs) - 1))
     else:
-        out.write("." * len(procs) + "\n%d job(s) submitted to cluster %d.\n" % (len(procs), cluster))
+        out.write("." * len(jobs) + "\n%d job(s) submitted to cluster %d.\n" % (len(jobs), cluster))
+    out.flush()
+    for line in description.warnings:
+        err.write(line + "\n")
     return 0
 
 
@@ -462,11 +344,12 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
     if not argv:
         err.write("Usage: condor_rm [options] [constraints]\n")
         return 1
+    wd = work_dir()
     table = _open_table()
-    if table is None or manager_info(table.work_dir) is None:
+    if table is None or manager_info(wd) is None:
         if table is not None:
             table.close()
-        err.write("Can't find address for schedd\n")
+        err.write("condor_rm: Can't find address for schedd %s\n%s" % (_host(), _extra_info(wd)))
         return 1
     rc = 0
     try:
@@ -475,7 +358,7 @@ def condor_rm(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.s
             arg = argv[i]
             if arg in ("-all", "-a"):
                 table.remove()
-                out.write("All jobs marked for removal.\n")
+                out.write("All jobs have been marked for removal\n")
                 i += 1
                 continue
             m = re.match(r"^(\d+)(?:\.(\d+))?$", arg)
@@ -523,64 +406,69 @@ def _remove_keys(table: JobTable, keys: List[Tuple[int, int]]) -> int:
 # ---------------------------------------------------------------- condor_status
 
 
-def schedd_ad(table: JobTable, info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def schedd_ad(table: JobTable, wd: str, info: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     ads = list(iter_ads(table.queue()))
     count = lambda s: sum(1 for a in ads if a["JobStatus"] == s)  # noqa: E731
-    host = socket.gethostname().split(".")[0]
-    return {"_custom": {}, "MyType": "Scheduler", "Name": host, "MyAddress": _address(info),
+    return {"_custom": {}, "MyType": "Scheduler", "Name": _host(), "Machine": _host(), "MyAddress": _address(wd, info),
             "TotalRunningJobs": count(RUNNING), "TotalIdleJobs": count(IDLE), "TotalHeldJobs": count(HELD),
             "TotalJobAds": len(ads), "TotalRemovedJobs": count(REMOVED),
             "WorkQueuePort": (info or {}).get("port"), "WorkQueueWorkers": (info or {}).get("workers", 0)}
 
 
 def condor_status(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``condor_status [-schedd] [-af ...|-format ...] [-constraint EXPR]``.
+
+    A Work Queue site has no startds: without ``-schedd`` the answer is that of a pool with no slots.
+    With the manager down the schedd's ad is missing, as in a pool whose collector answers while its
+    schedd is off: nothing printed, exit 0.
+    """
     args = list(argv)
     schedd = "-schedd" in [a.lower() for a in args]
-    attrs: List[str] = []
+    items: List[Item] = []
     mods = ""
     constraint = None
     i = 0
     while i < len(args):
-        a = args[i]
-        low = a.lower()
-        if low.startswith("-af") or low.startswith("-autoformat"):
-            mods = a.split(":", 1)[1] if ":" in a else ""
-            i += 1
-            while i < len(args) and not args[i].startswith("-"):
-                attrs.append(args[i])
-                i += 1
-            continue
-        if low in ("-constraint", "-const"):
+        try:
+            nxt, m = parse_output_option(args, i, items)
+        except ValueError as exc:
+            err.write("Error: %s\n" % exc)
+            return 1
+        if nxt != i:
+            mods = mods if m is None else m
+            i = nxt
+        elif args[i].lower() in ("-constraint", "-const") and i + 1 < len(args):
             constraint = args[i + 1]
             i += 2
-            continue
-        i += 1
+        else:
+            i += 1
     wd = work_dir()
     info = manager_info(wd)
-    table = _open_table()
-    if info is None or table is None:
-        err.write("Error: communication error\nCEDAR:6001:Failed to connect to %s\n" % _address(info))
-        return 1
+    table = _open_table() if schedd and info is not None else None
     try:
-        # A Work Queue site has no startds: without -schedd the answer is that of a pool with no slots.
-        ads = [schedd_ad(table, info)] if schedd else []
+        ads = [schedd_ad(table, wd, info)] if table is not None else []
     finally:
-        table.close()
-    cads = [to_classad(a) for a in ads]
-    cads = [c for c in cads if is_true(constraint, c)]
-    if attrs:
-        _autoformat(out, attrs, mods, cads)
-        return 0
-    if schedd:
-        out.write("\nName%s Machine    RunningJobs   IdleJobs   HeldJobs\n\n" % (" " * 20))
-        for sad in ads:
-            out.write("%-24s %-10s %11d %10d %10d\n" % (sad["Name"], sad["Name"], sad["TotalRunningJobs"],
-                                                       sad["TotalIdleJobs"], sad["TotalHeldJobs"]))
-        out.write("\n%24s %11s %10s %10s\n\n" % ("", "RunningJobs", "IdleJobs", "HeldJobs"))
-        out.write("%24s %11d %10d %10d\n" % ("Total", sum(x["TotalRunningJobs"] for x in ads),
-                                            sum(x["TotalIdleJobs"] for x in ads), sum(x["TotalHeldJobs"] for x in ads)))
-        return 0
+        if table is not None:
+            table.close()
+    ads = [a for a in ads if is_true(constraint, to_classad(a))]
+    if items:
+        out.write(render(items, mods, [to_classad(a) for a in ads]))
+    elif ads:
+        _schedd_table(out, ads)
     return 0
+
+
+def _schedd_table(out: TextIO, ads: List[Dict[str, Any]]) -> None:
+    """condor_status -schedd's default table, spaced as HTCondor 23.9 spaces it."""
+    wn = max([15] + [len(a["Name"]) for a in ads])
+    wm = max([12] + [len(a["Machine"]) for a in ads])
+    out.write("%-*s %-*s %11s %10s %10s\n\n" % (wn, "Name", wm, "Machine", "RunningJobs", "IdleJobs", "HeldJobs"))
+    for a in ads:
+        out.write("%-*s %-*s %11d %10d %10d\n" % (wn, a["Name"], wm, a["Machine"], a["TotalRunningJobs"],
+                                                 a["TotalIdleJobs"], a["TotalHeldJobs"]))
+    out.write("\n%14s%18s%19s%19s\n\n%14s\n" % ("", "TotalRunningJobs", "TotalIdleJobs", "TotalHeldJobs", ""))
+    out.write("%14s%18d%19d%19d\n" % ("Total", sum(a["TotalRunningJobs"] for a in ads),
+                                      sum(a["TotalIdleJobs"] for a in ads), sum(a["TotalHeldJobs"] for a in ads)))
 
 
 SHIMS: Dict[str, Callable[..., int]] = {"condor_submit": condor_submit, "condor_q": condor_q, "condor_rm": condor_rm, "condor_status": condor_status}

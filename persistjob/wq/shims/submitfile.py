@@ -1,13 +1,18 @@
-"""HTCondor's submit description language, as much as pilot submitters use.
+"""HTCondor's submit description language, expanded by HTCondor's own code.
 
-Enough for AliEn's ``CONDOR.pm`` (stdin, ``environment = K=V;K=V``) and
-JAliEn's ``HTCONDOR`` (``cmd =``, ``environment = "K='v' K2='v2'"``,
-``+Attr = value``, ``periodic_hold``...).  Errors are HTCondor's own texts.
+The description is cut at its queue statements and each part handed to the htcondor bindings'
+``Submit`` (HTCondor's submit hash): ``$(...)`` with defaults, ``$F[pdnxqa]()``, ``$INT()``,
+``$REAL()``, ``$RANDOM_CHOICE()``, ``$CHOICE()``, ``MY.``/``+`` attributes usable in later macros,
+``queue N``, ``queue ... in/from/matching`` item data, ``$$()`` left for match time.  htcondor2's
+``Submit.jobs()`` is not implemented (it raises), so this module turns the expanded commands into
+the fields of the job table; only what a Work Queue site can honour becomes part of a job, the rest
+of HTCondor's commands are accepted, and a line HTCondor would not use is warned about in
+HTCondor's words.  Errors are HTCondor's own texts.
 """
 
 import os
 import re
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ...quoting import classad_string
 
@@ -15,7 +20,12 @@ UNIVERSES = {"vanilla", "standard", "scheduler", "local", "grid", "java", "vm", 
 
 
 class SubmitError(Exception):
-    """The text after 'ERROR: ' (may span lines)."""
+    """The text after 'ERROR: ' (may span lines); ``parsing`` errors are printed after a blank line,
+    as condor_submit prints errors found while it reads the file."""
+
+    def __init__(self, text: str, parsing: bool = False) -> None:
+        super().__init__(text)
+        self.parsing = parsing
 
 
 def split_args(text: str) -> List[str]:
@@ -94,63 +104,199 @@ def parse_environment(text: str) -> Dict[str, str]:
     return env
 
 
-_MACRO = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.]*)\)")
+# Submit commands HTCondor 23.9 knows (lower case): a line setting anything else, that no other line uses,
+# gets condor_submit's "unused" warning.  Built-in macros (ClusterId, ProcId, ...) are never warned about.
+KNOWN_COMMANDS = frozenset("""
+universe executable cmd arguments args environment env getenv input output error log log_xml initialdir iwd
+requirements rank request_cpus request_memory request_disk request_gpus requestcpus requestmemory requestdisk
+requestgpus transfer_executable transfer_input_files transfer_output_files should_transfer_files
+when_to_transfer_output transfer_output_remaps transfer_input transfer_output transfer_error stream_output
+stream_error stream_input notification notify_user email_attributes periodic_hold periodic_remove
+periodic_release periodic_hold_reason periodic_hold_subcode periodic_vacate on_exit_hold on_exit_remove
+on_exit_hold_reason on_exit_hold_subcode max_retries retry_until success_exit_code job_max_vacate_time
+max_idle max_materialize materialize_max_idle batch_name jobbatchname batch_id priority prio nice_user
+accounting_group accounting_group_user grid_resource x509userproxy use_x509userproxy scitokens_file
+use_oauth_services use_scitokens leave_in_queue hold job_lease_duration concurrency_limits
+concurrency_limits_expr coresize copy_to_spool checkpoint_exit_code want_graceful_removal kill_sig
+kill_sig_timeout hold_kill_sig remove_kill_sig docker_image docker_network_type container_image
+container_target_dir transfer_container deferral_time deferral_window deferral_prep_time cron_minute
+cron_hour cron_day_of_month cron_month cron_day_of_week cron_window cron_prep_time allowed_execute_duration
+allowed_job_duration description job_machine_attrs job_machine_attrs_history_length submit_event_notes
+load_profile run_as_owner encrypt_input_files encrypt_output_files dont_encrypt_input_files
+dont_encrypt_output_files output_destination erase_output_and_error_on_restart want_remote_io buffer_size
+buffer_block_size append_files max_job_retirement_time job_ad_information_attrs keep_claim_idle
+next_job_start_delay image_size job_max_vacate_time max_transfer_input_mb max_transfer_output_mb
+preserve_relative_paths skip_filechecks transfer_plugins want_io_proxy job_ad_information_attrs
+match_list_length dagman_log manifest manifest_dir ulog_execute_attrs starter_debug want_checkpoint
+transfer_checkpoint_files checkpoint_destination want_ft_on_checkpoint cuda_version gpus_minimum_capability
+gpus_maximum_capability gpus_minimum_memory gpus_minimum_runtime require_gpus request_gpu_memory
+machine_count cloud_label_names java_vm_args jar_files vm_type vm_memory vm_disk vm_networking
+vm_checkpoint vm_no_output_vm delegate_job_gsi_credentials_lifetime mpi_standard_output
+""".split())
+BUILTIN = frozenset("clusterid cluster procid process step row item itemindex node".split())
+
+_REFERENCE = re.compile(r"\$[A-Za-z_]*\(\s*([A-Za-z_][A-Za-z0-9_.]*)")
+_QUEUE_LINE = re.compile(r"^\s*queue(\s|$)", re.I)
+_ITEMS = re.compile(r"\b(in|from|matching)\b", re.I)
 
 
-def _expand(value: str, macros: Dict[str, str], depth: int = 0) -> str:
-    if depth > 20:
-        return value
-
-    def sub(m: "re.Match[str]") -> str:
-        name = m.group(1).lower()
-        return _expand(macros.get(name, ""), macros, depth + 1)
-
-    return _MACRO.sub(sub, value)
+def _htcondor2() -> Any:
+    try:
+        import htcondor2
+    except ImportError:  # pragma: no cover - declared dependency of the wq extra
+        raise SubmitError("this condor_submit needs the htcondor bindings: pip install htcondor") from None
+    return htcondor2
 
 
-def parse_submit(text: str, cwd: str, owner: str) -> List[Dict[str, Any]]:
-    """One dict per proc to queue (``cluster`` macros are filled in later by the table)."""
-    macros: Dict[str, str] = {}
-    custom: Dict[str, str] = {}
-    procs: List[Dict[str, Any]] = []
+def _statements(text: str) -> Iterator[Tuple[str, int]]:
+    """(the description up to and including one queue statement, that statement's line number)."""
     lines = text.splitlines()
-    joined: List[str] = []
-    buf = ""
-    for raw in lines:
-        if raw.rstrip().endswith("\\"):
-            buf += raw.rstrip()[:-1] + " "
+    body: List[str] = []
+    i, continued = 0, False
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if continued or not _QUEUE_LINE.match(line):
+            continued = line.rstrip().endswith("\\")
+            body.append(line)
             continue
-        joined.append(buf + raw)
-        buf = ""
-    if buf:
-        joined.append(buf)
-    for line in joined:
+        number = i
+        statement = [line]
+        if re.search(r"\b(in|from)\s*\(\s*$", line, re.I):  # item list on the following lines, up to ')'
+            while i < len(lines):
+                statement.append(lines[i])
+                i += 1
+                if lines[i - 1].strip().startswith(")"):
+                    break
+        yield "\n".join(body + statement) + "\n", number
+
+
+def _syntax_error_line(text: str) -> int:
+    for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        m = re.match(r"^queue\b\s*(\d*)\s*$", s, re.I)
-        if m:
-            n = int(m.group(1) or 1)
-            for _ in range(n):
-                procs.append(_proc(macros, custom, cwd, owner))
-            continue
-        if re.match(r"^queue\b", s, re.I):
-            raise SubmitError("queue with item lists is not supported by this condor_submit")
-        key, sep, value = s.partition("=")
-        if not sep:
-            raise SubmitError('on Line %d of submit file: \nsubmit: syntax error in submit file' % (joined.index(line) + 1))
-        key, value = key.strip(), value.strip()
-        if key.startswith("+") or key.upper().startswith("MY."):
-            custom[key[1:] if key.startswith("+") else key[3:]] = value
-        else:
-            macros[key.lower()] = value
-    return procs
+        if s and not s.startswith("#") and "=" not in s and not _QUEUE_LINE.match(s) and \
+                not re.match(r"^(if|elif|else|endif|include|error|warning)\b", s, re.I):
+            return n
+    return 1
 
 
-def _proc(macros: Dict[str, str], custom: Dict[str, str], cwd: str, owner: str) -> Dict[str, Any]:
-    """Validate what one queue statement queues; values keep $(Cluster)/$(Process) for later."""
-    g = {k: v for k, v in macros.items()}
-    universe = g.get("universe", "vanilla").strip().lower() or "vanilla"
+def _memory_mb(value: str, unit_mb: float) -> str:
+    """request_memory / request_disk with HTCondor's units (bare numbers are MiB / KiB)."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT])?B?\s*$", value, re.I)
+    if not m:
+        return value
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+    n = float(m.group(1)) * (scale[m.group(2).upper()] / unit_mb if m.group(2) else 1)
+    return str(int(-(-n // 1)))
+
+
+class SubmitDescription:
+    """A parsed description: ``procs(cluster)`` gives the jobs of the cluster it becomes."""
+
+    def __init__(self, text: str, cwd: str, owner: str) -> None:
+        self.cwd, self.owner = cwd, owner
+        self.warnings: List[str] = []
+        self._queues: List[Tuple[Any, List[str], int, List[Dict[str, str]]]] = []
+        htcondor2 = _htcondor2()
+        last_line = max(1, len(text.splitlines()))
+        for part, line in _statements(text):
+            try:
+                sub = htcondor2.Submit(part)
+            except (ValueError, RuntimeError):
+                n = _syntax_error_line(part)
+                raise SubmitError("on Line %d of submit file: \n\nERROR: Failed to parse command file (line %d)."
+                                  % (n, n), parsing=True) from None
+            keys = list(sub.keys())
+            qargs = sub.getQArgs()
+            items: List[Dict[str, str]] = [{}]
+            if _ITEMS.search(qargs):
+                try:
+                    items = [dict(x) if isinstance(x, dict) else {"Item": x} for x in (sub.itemdata() or [])]
+                except (ValueError, RuntimeError, OSError) as exc:
+                    raise SubmitError("on Line %d of submit file: %s\n\nERROR: Failed to parse command file (line %d)."
+                                      % (line, exc, line), parsing=True) from None
+            self._queues.append((sub, keys, self._count(sub, qargs, line), items))
+        if not self._queues:
+            raise SubmitError("on Line %d of submit file: no queue statement\n\nERROR: Failed to parse command file "
+                              "(line %d)." % (last_line, last_line), parsing=True)
+        self.count = sum(n * len(items) for _, _, n, items in self._queues)
+        self._warn_unused()
+        self.procs(0)  # every error now, before a cluster is taken
+
+    @staticmethod
+    def _count(sub: Any, qargs: str, line: int) -> int:
+        first = (qargs.split() or ["1"])[0]
+        if _ITEMS.fullmatch(first) or re.match(r"^[A-Za-z_][\w,]*$", first):
+            return 1
+        if "$" in first:
+            sub["PersistjobQueueCount"] = first
+            first = sub.expand("PersistjobQueueCount")
+            del sub["PersistjobQueueCount"]
+        try:
+            return int(first)
+        except ValueError:
+            raise SubmitError("on Line %d of submit file: invalid Queue statement\n\nERROR: Failed to parse command "
+                              "file (line %d)." % (line, line), parsing=True) from None
+
+    def _warn_unused(self) -> None:
+        """condor_submit's warnings for lines and queue variables that nothing used."""
+        raw: Dict[str, Tuple[str, str]] = {}
+        used = set()
+        item_vars: Dict[str, str] = {}
+        for sub, keys, _, items in self._queues:
+            values = {k.lower(): (k, sub[k]) for k in keys}
+            raw.update(values)
+            item_vars.update({v.lower(): v for item in items for v in item})
+            todo = [k for k in values if k in KNOWN_COMMANDS or k.startswith("my.")]
+            seen = set()
+            while todo:
+                k = todo.pop()
+                if k not in seen:
+                    seen.add(k)
+                    todo.extend(r.lower() for r in _REFERENCE.findall(values[k][1] if k in values else ""))
+            used |= seen
+        for low, v in sorted(item_vars.items()):
+            if low not in used and low != "item":
+                self.warnings.append("WARNING: the Queue variable '%s' was unused by condor_submit. Is it a typo?" % v)
+        for k, (name, value) in raw.items():
+            if k not in used and k not in BUILTIN and k not in item_vars:
+                self.warnings.append("WARNING: the line '%s = %s' was unused by condor_submit. Is it a typo?"
+                                     % (name, value))
+
+    def procs(self, cluster: int) -> List[Dict[str, Any]]:
+        out: List[Dict[str, Any]] = []
+        for sub, keys, count, items in self._queues:
+            for row, item in enumerate(items):
+                for step in range(count):
+                    proc = len(out)
+                    fixed = {"ClusterId": cluster, "Cluster": cluster, "ProcId": proc, "Process": proc,
+                             "Step": step, "Row": row, "ItemIndex": row}
+                    for k, v in list(fixed.items()) + list(item.items()):
+                        sub[k] = str(v)
+                    out.append(self._job(sub, keys))
+        return out
+
+    def _job(self, sub: Any, keys: List[str]) -> Dict[str, Any]:
+        g: Dict[str, str] = {}
+        custom: Dict[str, str] = {}
+        for k in keys:
+            low = k.lower()
+            if not (low in KNOWN_COMMANDS or low.startswith("my.")):
+                continue
+            try:
+                value = sub.expand(k)
+            except (KeyError, ValueError, RuntimeError):
+                raise SubmitError("Failed to expand the value of '%s': %s" % (k, sub[k])) from None
+            if low.startswith("my."):
+                custom[k[3:]] = value
+            else:
+                g[low] = value.strip()
+        return _job_fields(g, custom, self.cwd, self.owner)
+
+
+def _job_fields(g: Dict[str, str], custom: Dict[str, str], cwd: str, owner: str) -> Dict[str, Any]:
+    """The job table's fields for one proc, from its expanded commands."""
+    universe = g.get("universe", "vanilla").lower() or "vanilla"
     if universe not in UNIVERSES:
         raise SubmitError("I don't know about the '%s' universe." % g.get("universe"))
     exe = g.get("executable") or g.get("cmd")
@@ -160,45 +306,43 @@ def _proc(macros: Dict[str, str], custom: Dict[str, str], cwd: str, owner: str) 
     if not os.path.isabs(iwd):
         iwd = os.path.join(cwd, iwd)
 
-    def path(key: str) -> Any:
+    def path(key: str) -> Optional[str]:
         v = g.get(key)
-        if v is None or v == "":
+        if not v:
             return None
-        return v if os.path.isabs(v) or v.startswith("$(") else os.path.join(iwd, v)
+        return v if os.path.isabs(v) else os.path.join(iwd, v)
 
-    env_text = g.get("environment") or g.get("env") or ""
-    env = parse_environment(env_text)  # validates now, macros expanded at queue time
-    args_text = g.get("arguments") or g.get("args") or ""
-    split_args(args_text)
+    env = parse_environment(g.get("environment") or g.get("env") or "")
+    args = split_args(g.get("arguments") or g.get("args") or "")
     exe_path = exe if os.path.isabs(exe) else os.path.join(iwd, exe)
-    if g.get("transfer_executable", "true").lower() not in ("false", "no") and not os.path.exists(_expand(exe_path, g)):
+    if g.get("transfer_executable", "true").lower() not in ("false", "no") and not os.path.exists(exe_path):
         raise SubmitError("Executable file %s does not exist" % exe_path)
     attrs = dict(custom)
     for key, attr in (("periodic_hold", "PeriodicHold"), ("periodic_remove", "PeriodicRemove"),
                       ("periodic_release", "PeriodicRelease"), ("requirements", "Requirements")):
         if key in g:
             attrs[attr] = g[key]
+    for keys, attr, unit in ((("request_cpus", "requestcpus"), "RequestCpus", 0),
+                             (("request_memory", "requestmemory"), "RequestMemory", 1),
+                             (("request_disk", "requestdisk"), "RequestDisk", 1 / 1024)):
+        value = next((g[k] for k in keys if g.get(k)), None)
+        if value is not None:
+            attrs[attr] = _memory_mb(value, unit) if unit else value
+    if g.get("batch_name") or g.get("jobbatchname"):
+        attrs["JobBatchName"] = classad_string(g.get("batch_name") or g["jobbatchname"])
+    for key, attr in (("stream_output", "StreamOut"), ("stream_error", "StreamErr")):
+        if key in g:
+            if g[key].lower() not in ("true", "false", "yes", "no", "t", "f"):
+                raise SubmitError("%s = %s: expected true or false" % (key, g[key]))
+            attrs[attr] = "true" if g[key].lower() in ("true", "yes", "t") else "false"
     if universe == "grid" and "grid_resource" in g:
         attrs["GridResource"] = classad_string(g["grid_resource"])
     if g.get("use_x509userproxy", "").lower() in ("true", "yes"):
-        attrs.setdefault("x509userproxy", '"%s"' % os.environ.get("X509_USER_PROXY", "/tmp/x509up_u%d" % os.getuid()))
-    return {"cmd": exe_path, "args_text": args_text, "env": env, "iwd": iwd, "output": path("output"),
-            "error": path("error"), "log": path("log"), "attrs": attrs, "owner": owner, "macros": g,
-            "universe": universe}
+        attrs.setdefault("x509userproxy", classad_string(os.environ.get("X509_USER_PROXY", "/tmp/x509up_u%d" % os.getuid())))
+    return {"kind": "pilot", "owner": owner, "cmd": exe_path, "args": args, "env": env, "iwd": iwd,
+            "output": path("output"), "error": path("error"), "log": path("log"), "attrs": attrs}
 
 
-def finalize(procs: List[Dict[str, Any]], cluster: int) -> List[Dict[str, Any]]:
-    """Expand $(Cluster)/$(Process) in each proc's values."""
-    out = []
-    for i, p in enumerate(procs):
-        macros = dict(p["macros"], cluster=str(cluster), clusterid=str(cluster), process=str(i), procid=str(i))
-
-        def x(v: Any) -> Any:
-            return _expand(v, macros) if isinstance(v, str) else v
-
-        out.append({
-            "kind": "pilot", "owner": p["owner"], "cmd": x(p["cmd"]), "args": split_args(x(p["args_text"])),
-            "env": {k: x(v) for k, v in p["env"].items()}, "iwd": p["iwd"], "output": x(p["output"]),
-            "error": x(p["error"]), "log": x(p["log"]), "attrs": {k: x(v) for k, v in p["attrs"].items()},
-        })
-    return out
+def parse_submit(text: str, cwd: str, owner: str) -> SubmitDescription:
+    """Parse and check a description (raises SubmitError with HTCondor's text)."""
+    return SubmitDescription(text, cwd, owner)
