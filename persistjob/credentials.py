@@ -13,7 +13,7 @@ import fnmatch
 import hashlib
 import os
 import tempfile
-from typing import List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
 from .errors import ConfigError
@@ -96,6 +96,22 @@ def _s3_profile(url: str) -> Optional[str]:
     return values[-1] if values else None
 
 
+def botocore_session(profile: Optional[str] = None) -> Any:
+    """A botocore session that never asks a cloud's instance metadata service for credentials.
+
+    botocore's chain ends with the EC2 metadata service (169.254.169.254), which it tries whenever
+    nothing else gave credentials: on a grid worker node or a submit host that is a connection to an
+    address not of this machine (and a second of delay).  It is asked only when the environment says
+    so explicitly: ``AWS_EC2_METADATA_DISABLED=false``.  Raises botocore's ProfileNotFound.
+    """
+    import botocore.session
+
+    session = botocore.session.Session(profile=profile)
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() != "false":
+        session.get_component("credential_provider").remove("iam-role")
+    return session
+
+
 def _s3_credentials(store: str, environ: Mapping[str, str]) -> Tuple[str, str, Optional[str]]:
     """(key id, secret, session token) as boto3 resolves them for this store."""
     profile = _s3_profile(store)
@@ -103,11 +119,11 @@ def _s3_credentials(store: str, environ: Mapping[str, str]) -> Tuple[str, str, O
         # the first provider of botocore's chain, without importing botocore (submit is measured)
         return environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"], environ.get("AWS_SESSION_TOKEN") or None
     try:
-        import botocore.session
+        import botocore.session  # noqa: F401
     except ImportError:
         raise ConfigError("resolving S3 credentials needs boto3 on the submit side (pip install boto3)") from None
     try:
-        creds = botocore.session.Session(profile=profile).get_credentials()
+        creds = botocore_session(profile).get_credentials()
     except Exception as exc:  # an unknown profile, an unreadable config
         raise ConfigError("cannot resolve S3 credentials for %s: %s" % (store.split("?", 1)[0], type(exc).__name__)) from None
     if creds is None:

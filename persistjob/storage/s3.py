@@ -169,6 +169,8 @@ def make_client(endpoint: Optional[str] = None, region: Optional[str] = None, ad
         raise StorageConfigError("s3:// stores need boto3 (pip install boto3)") from None
     import botocore.exceptions as be
 
+    from ..credentials import botocore_session
+
     cfg = Config(
         retries={"max_attempts": 1, "mode": "standard"},
         connect_timeout=5,
@@ -177,7 +179,7 @@ def make_client(endpoint: Optional[str] = None, region: Optional[str] = None, ad
         s3={"addressing_style": addressing} if addressing else None,
     )
     try:
-        session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+        session = boto3.session.Session(botocore_session=botocore_session(profile))
         return session.client("s3", endpoint_url=endpoint, region_name=region, config=cfg, verify=verify)
     except be.ProfileNotFound:
         raise StorageConfigError("S3: AWS profile %r not found" % profile) from None

@@ -268,3 +268,27 @@ def test_fenced_notes_since_skips_old_notes_unread(tmp_path):
     b.get = lambda key: reads.append(key) or real_get(key)
     recent = joblog.fenced_notes(since=now[0] - 86400)
     assert [n["why"] for n in recent] == ["new refusal"] and len(reads) == 1
+
+
+def test_no_instance_metadata_lookup_unless_asked(monkeypatch, tmp_path):
+    """botocore would ask 169.254.169.254 for credentials when it finds none: never, unless the
+    environment says AWS_EC2_METADATA_DISABLED=false (a job on an EC2 instance with a role)."""
+    import socket
+
+    from persistjob.credentials import botocore_session
+    from persistjob.storage.s3 import make_client
+
+    for k in ("AWS_EC2_METADATA_DISABLED", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
+              "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+              "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws
+    tried = []
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr) or real_connect(self, addr))
+    methods = [p.METHOD for p in botocore_session().get_component("credential_provider").providers]
+    assert "iam-role" not in methods and "env" in methods
+    client = make_client("http://127.0.0.1:1", "us-east-1")
+    assert client._request_signer._credentials is None and tried == []  # no credentials, and nobody was asked
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")
+    assert "iam-role" in [p.METHOD for p in botocore_session().get_component("credential_provider").providers]
