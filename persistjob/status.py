@@ -136,13 +136,18 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         v.store_error = exc.message
 
 
+def _label(ad: Dict[str, Any]) -> str:
+    """HTCondor's CLUSTER.PROC, or the scheduler's own label (a Slurm job ID)."""
+    return str(ad.get("JobLabel") or "%s.%s" % (ad.get("ClusterId"), ad.get("ProcId")))
+
+
 def status_table(views: Iterable[JobView], now: float) -> str:
     rows = [("JOB", "NAME", "STATUS", "STARTS", "RUNS", "LOST", "GEN", "LAST COMMIT", "FLAGS")]
     for v in views:
         ad = v.ad
         when = v.last_commit or _float(ad.get(C.ATTR_LAST_COMMIT))  # the store's, else what chirp set
         last = "-" if not when else ("%ds ago" % (now - when))
-        rows.append(("%s.%s" % (ad.get("ClusterId"), ad.get("ProcId")), str(ad.get(C.ATTR_NAME) or "-"),
+        rows.append((_label(ad), str(ad.get(C.ATTR_NAME) or "-"),
                      JOB_STATUS.get(ad.get("JobStatus"), str(ad.get("JobStatus"))), str(ad.get("NumJobStarts") or 0),
                      "-" if v.runs is None else str(v.runs), "-" if v.runs is None else str(v.lost),
                      "-" if v.generation is None else str(v.generation), last,
@@ -151,9 +156,9 @@ def status_table(views: Iterable[JobView], now: float) -> str:
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for v in views:
         if v.ad.get("JobStatus") == 5 and v.ad.get("HoldReason"):
-            out.append("%s.%s held: %s" % (v.ad.get("ClusterId"), v.ad.get("ProcId"), v.ad.get("HoldReason")))
+            out.append("%s held: %s" % (_label(v.ad), v.ad.get("HoldReason")))
         if v.store_error:
-            out.append("%s.%s store: %s" % (v.ad.get("ClusterId"), v.ad.get("ProcId"), v.store_error))
+            out.append("%s store: %s" % (_label(v.ad), v.store_error))
     return "\n".join(out)
 
 
@@ -165,10 +170,7 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
                    timeout: float = 20.0, clock: Any = time.time) -> Tuple[List[JobView], float]:
     """Every persistent job's view, within ``timeout`` seconds whatever the stores do; and the one
     "now" (read after the reads) from which all ages and flags are computed."""
-    c = "(%s =?= true)" % C.ATTR_JOB
-    if constraint:
-        c += " && (%s)" % constraint
-    views = [JobView(ad) for ad in scheduler.query(c)]
+    views = [JobView(ad) for ad in scheduler.persistent_jobs(constraint)]
     stores = StoreCache(max(1.0, timeout * 0.75))
     started = clock()
 

@@ -122,9 +122,9 @@ class Wrapper:
         self.environ = dict(os.environ if environ is None else environ)
         self._backend = backend
         if telemetry is None:
-            from .chirp import Chirp
+            from .telemetry import for_environment
 
-            telemetry = Chirp(self.environ)
+            telemetry = for_environment(self.environ)
         self.telemetry = telemetry
         self.signals = StopSignals()
         self.info: Optional[RunInfo] = None

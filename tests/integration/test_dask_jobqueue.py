@@ -49,8 +49,10 @@ def test_dask_jobqueue_htcondor_cluster_runs_unchanged_against_the_shims(tmp_pat
             assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
             ids = sorted(w.job_id for w in cluster.workers.values())
             assert ids == ["1.0", "2.0"]  # parsed from "1 job(s) submitted to cluster 1."
-            q = site.sh("condor_q -af:j JobStatus DaskWorkerName Out").stdout
-            assert q == "1.0 2 htcondor--1.0-- %s/worker-1.0.out\n2.0 2 htcondor--2.0-- %s/worker-2.0.out\n" % (logs, logs)
+            # (the manager sees a task start within a second or so; the dask worker may register first)
+            expected = "1.0 2 htcondor--1.0-- %s/worker-1.0.out\n2.0 2 htcondor--2.0-- %s/worker-2.0.out\n" % (logs, logs)
+            wait_for(lambda: site.sh("condor_q -af:j JobStatus DaskWorkerName Out").stdout == expected, 60,
+                     "both jobs running, as condor_q shows them")
             # Stream_Output = True: the dask workers' logs are in their files while they run
             wait_for(lambda: all("Registered to" in (logs / ("worker-%s.err" % j)).read_text()
                                  for j in ids if (logs / ("worker-%s.err" % j)).exists())

@@ -1,0 +1,254 @@
+"""Persistent jobs on a real Slurm cluster (scripts/slurm-sandbox: Debian's slurmctld, slurmd and munge on
+127.0.0.1), store on a real SeaweedFS.  Jobs are submitted with `persistjob submit --scheduler slurm`."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from persistjob.repo.log import JobLog
+from tests.conftest import COUNTER, REPO, clean_env, wait_for
+from tests.servers import is_local_peer, local_addresses
+
+pytestmark = pytest.mark.slurm
+
+SANDBOX = os.path.join(REPO, "scripts", "slurm-sandbox")
+STATE = os.environ.get("PJ_SLURM_SANDBOX", "/var/tmp/persistjob-slurm")
+CONF = os.path.join(STATE, "etc", "slurm.conf")
+
+
+class Cluster:
+    def __init__(self, env):
+        self.env = clean_env(dict(env, SLURM_CONF=CONF))
+
+    def run(self, *cmd, check=True, timeout=120):
+        r = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError("%s exited %d:\n%s%s" % (" ".join(cmd), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def pj(self, *args, check=True, timeout=300):
+        return self.run(sys.executable, "-m", "persistjob", *args, check=check, timeout=timeout)
+
+    def submit(self, store, outdir, *args):
+        r = self.pj("submit", "--scheduler", "slurm", "--store", store, "--getenv", "AWS_ENDPOINT_URL_S3",
+                    "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED", "--output-dir",
+                    str(outdir), *args)
+        return re.search(r"as job (\d+)", r.stdout).group(1)
+
+    def job(self, jid):
+        """scontrol show job, as a dict (None once Slurm has forgotten the job)."""
+        r = self.run("scontrol", "show", "job", "-o", jid, check=False)
+        if r.returncode != 0:
+            return None
+        return dict(re.findall(r"(\w+)=(\S*)", r.stdout))
+
+    def comment(self, jid):
+        return self.run("squeue", "-h", "-j", jid, "-o", "%k", check=False).stdout.strip()
+
+    def gid(self, jid):
+        """The persistjob job ID of a Slurm job, from its comment's nonce."""
+        nonce = re.search(r"\bid=(\w+)", self.comment(jid)).group(1)
+        return "slurm#pjsandbox#%s#%s" % (jid, nonce)
+
+    def cancel(self, jid):
+        self.run("scancel", jid, check=False)
+
+
+@pytest.fixture(scope="session")
+def cluster(seaweed):
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm sandbox runs its daemons as root: run make test as root")
+    was_up = "running: slurmctld" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
+    if not was_up:
+        subprocess.run([SANDBOX, "down", "--wipe"], capture_output=True, timeout=120)
+    try:
+        subprocess.run([SANDBOX, "up"], check=True, timeout=600)
+    except BaseException:
+        if not was_up:
+            subprocess.run([SANDBOX, "down"], timeout=120)
+        raise
+    yield Cluster(seaweed.env())
+    if not was_up:
+        subprocess.run([SANDBOX, "down", "--wipe"], check=True, timeout=120)
+
+
+@pytest.fixture
+def store(seaweed):
+    return "s3://%s/jobs" % seaweed.make_bucket()
+
+
+def log_of(seaweed, store, gid):
+    from tests.conftest import Store
+
+    return JobLog(Store("s3", store, seaweed.env(), seaweed).backend(), gid)
+
+
+def test_job_runs_three_times_with_one_job_id_resuming_from_s3(cluster, seaweed, store, tmp_path):
+    jid = cluster.submit(store, tmp_path, "--lifetime", "4s", "--interval", "1s", "--name", "three",
+                         "--", "python3", COUNTER, "--quiet")
+    try:
+        gid = cluster.gid(jid)
+        wait_for(lambda: len(log_of(seaweed, store, gid).runs()) >= 3, 240, "three runs")
+        wait_for(lambda: "gen=" in cluster.comment(jid), 60, "the generation in the job's comment")
+        job = cluster.job(jid)
+        assert int(job["Restarts"]) >= 2 and job["JobId"] == jid
+    finally:
+        cluster.cancel(jid)
+    runs = sorted(log_of(seaweed, store, gid).runs(), key=lambda r: r["run"])
+    assert all(r["job_id"] == gid for r in runs)
+    for prev, nxt in zip(runs, runs[1:]):
+        if prev.get("exit_code") == 85:
+            assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
+    assert sum(1 for r in runs if r.get("exit_code") == 85) >= 2
+    fields = dict(w.split("=", 1) for w in cluster.comment(jid).split()[1:])
+    assert fields["store"] == store and int(fields["gen"]) >= 1 and fields["name"] == "three"
+
+
+def test_scancel_leaves_a_final_checkpoint_and_ends_the_job(cluster, seaweed, store, tmp_path):
+    """persistjob rm --scheduler slurm: scancel's TERM gets a final checkpoint, and the job is not requeued."""
+    jid = cluster.submit(store, tmp_path, "--lifetime", "10m", "--interval", "1h", "--vacate-grace", "20s",
+                         "--name", "cancel", "--", "python3", COUNTER, "--quiet")
+    gid = cluster.gid(jid)
+    wait_for(lambda: any(r["run"] == 1 for r in log_of(seaweed, store, gid).runs()), 120, "the first run")
+    time.sleep(2)
+    rm = cluster.pj("rm", "--scheduler", "slurm", jid)
+    assert "removed 1 persistent job" in rm.stdout
+    runs = {r["run"]: r for r in log_of(seaweed, store, gid).runs()}
+    assert runs[1]["exit_code"] == 85 and runs[1]["commits"] == 1 and "SIGTERM" in runs[1]["reason"], runs[1]
+    assert 2 not in runs, "scancel must not requeue"
+    assert log_of(seaweed, store, gid).head().kind == "removed"
+    assert (cluster.job(jid) or {}).get("JobState", "CANCELLED") == "CANCELLED"
+
+
+def test_time_limit_warning_leaves_a_final_checkpoint_and_requeues(cluster, seaweed, store, tmp_path):
+    """A time limit shorter than the lifetime: Slurm's USR1 warning (--signal=B:USR1@N) gets a final
+    checkpoint and a requeue before the limit, never a TIMEOUT (which Slurm would not requeue)."""
+    jid = cluster.submit(store, tmp_path, "--lifetime", "1h", "--interval", "1h", "--vacate-grace", "5s",
+                         "--time-limit", "2m", "--name", "limit", "--", "python3", COUNTER, "--quiet")
+    gid = cluster.gid(jid)
+    try:
+        wait_for(lambda: len(log_of(seaweed, store, gid).runs()) >= 2, 300, "a second run after the warning")
+    finally:
+        cluster.cancel(jid)
+    runs = {r["run"]: r for r in log_of(seaweed, store, gid).runs()}
+    assert runs[1]["exit_code"] == 85 and runs[1]["commits"] == 1, runs[1]
+    assert runs[2]["restored_generation"] == runs[1]["generation"] >= 1
+    assert "TIMEOUT" not in open(os.path.join(STATE, "log", "jobcomp.txt")).read().split("JobId=%s " % jid, 1)[-1] \
+        .split("\n", 1)[0]
+
+
+def test_crash_loop_ends_held_with_the_reason(cluster, seaweed, store, tmp_path):
+    jid = cluster.submit(store, tmp_path, "--crash-limit", "2", "--release-limit", "0", "--name", "crash",
+                         "--", "/bin/sh", "-c", "echo boom >&2; exit 3")
+    try:
+        wait_for(lambda: (cluster.job(jid) or {}).get("Reason") == "job_requeued_in_held_state", 240, "the hold")
+        st = cluster.pj("status", "--scheduler", "slurm", "--json", "--constraint", jid, check=False)
+        view = json.loads(st.stdout)[0]
+        assert st.returncode == 1 and "HELD" in view["flags"] and "CRASHLOOP" in view["flags"], view
+        assert "crash" in cluster.comment(jid) and "err=" in cluster.comment(jid)
+        table = cluster.pj("status", "--scheduler", "slurm", "--constraint", jid, check=False).stdout
+        assert re.search(r"^%s held: .*crash" % jid, table, re.M), table
+    finally:
+        cluster.cancel(jid)
+
+
+def test_a_duplicate_wrapper_never_commits_after_it_is_superseded(cluster, seaweed, store, tmp_path):
+    jid = cluster.submit(store, tmp_path, "--lifetime", "10m", "--interval", "1s", "--name", "dup",
+                         "--", "python3", COUNTER, "--quiet")
+    dup = None
+    try:
+        gid = cluster.gid(jid)
+        wait_for(lambda: log_of(seaweed, store, gid).head().generation >= 2, 120, "commits")
+        dup = subprocess.Popen([sys.executable, "-m", "persistjob", "run", "--job-id", gid, "--store", store,
+                                "--checkpoint-dir", str(tmp_path / "dup"), "--interval", "1s", "--lease-check", "1s",
+                                "--", sys.executable, COUNTER, "--quiet"], env=clean_env(seaweed.env()),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert dup.wait(timeout=120) == 75
+        gen = log_of(seaweed, store, gid).head().generation
+        wait_for(lambda: log_of(seaweed, store, gid).head().generation > gen, 180, "the Slurm job to commit again")
+    finally:
+        if dup and dup.poll() is None:
+            dup.kill()
+        cluster.cancel(jid)
+    owner = None
+    for r in log_of(seaweed, store, gid).records():
+        if r.kind == "claim":
+            owner = (r.data.get("host"), r.data.get("pid"))
+        else:
+            assert (r.data.get("host"), r.data.get("pid")) == owner, "a superseded instance wrote %s" % r.kind
+
+
+def test_slurmctld_restart_loses_nothing(cluster, seaweed, store, tmp_path):
+    """Pending and running jobs keep their IDs and restart counts across a controller restart, and the
+    running one goes on committing."""
+    running = cluster.submit(store, tmp_path, "--lifetime", "4s", "--interval", "1s", "--name", "ctld",
+                             "--", "python3", COUNTER, "--quiet")
+    pending = cluster.submit(store, tmp_path, "--name", "ctldheld", "--", "python3", COUNTER, "--quiet")
+    cluster.run("scontrol", "hold", pending)
+    try:
+        gid = cluster.gid(running)
+        wait_for(lambda: int((cluster.job(running) or {}).get("Restarts", 0)) >= 1, 180, "a requeue")
+        before = {j: cluster.job(j) for j in (running, pending)}
+        subprocess.run([SANDBOX, "restart-ctld"], check=True, timeout=120)
+        after = {j: cluster.job(j) for j in (running, pending)}
+        assert int(after[running]["Restarts"]) >= int(before[running]["Restarts"])
+        assert after[pending]["JobState"] == "PENDING" and after[pending]["Reason"] in ("JobHeldUser", "JobHeldAdmin")
+        assert cluster.gid(pending) and cluster.gid(running)
+        gen = log_of(seaweed, store, gid).head().generation
+        wait_for(lambda: log_of(seaweed, store, gid).head().generation > gen + 2, 180, "commits after the restart")
+        wait_for(lambda: int(cluster.job(running)["Restarts"]) > int(before[running]["Restarts"]), 180,
+                 "a requeue after the restart")
+    finally:
+        cluster.cancel(running)
+        cluster.cancel(pending)
+
+
+def test_status_and_rm_purge(cluster, seaweed, store, tmp_path):
+    jid = cluster.submit(store, tmp_path, "--lifetime", "10m", "--interval", "1s", "--name", "st",
+                         "--", "python3", COUNTER, "--quiet")
+    gid = cluster.gid(jid)
+    try:
+        wait_for(lambda: log_of(seaweed, store, gid).head().generation >= 2, 120, "commits")
+        st = cluster.pj("status", "--scheduler", "slurm", "--json", "--constraint", jid, check=False)
+        view = json.loads(st.stdout)[0]
+        assert st.returncode == 0 and view["flags"] == [] and view["JobStatus"] == 2, view
+        assert view["GlobalJobId"] == gid and view["generation"] >= 2
+        table = cluster.pj("status", "--scheduler", "slurm").stdout
+        assert re.search(r"^%s\s+st\s+Running\s+1\s+1\s+0\s+\d+\s+\d+s ago\s+ok$" % jid, table, re.M), table
+    finally:
+        rm = cluster.pj("rm", "--scheduler", "slurm", "--purge", jid, check=False)
+    assert rm.returncode == 0 and "purged" in rm.stdout, rm.stdout + rm.stderr
+    log = log_of(seaweed, store, gid)
+    assert log.head().kind == "removed"
+
+
+def test_secrets_stay_out_of_the_script_and_the_job(cluster, seaweed, store, tmp_path):
+    secret = seaweed.env()["AWS_SECRET_ACCESS_KEY"]
+    jid = cluster.submit(store, tmp_path, "--lifetime", "3s", "--interval", "1s", "--name", "sec",
+                         "--", "python3", COUNTER, "--quiet")
+    try:
+        gid = cluster.gid(jid)
+        wait_for(lambda: log_of(seaweed, store, gid).head().generation >= 1, 120, "a commit")
+        script = cluster.run("scontrol", "write", "batch_script", jid, "-").stdout
+        shown = cluster.run("scontrol", "show", "job", "-d", jid).stdout
+    finally:
+        cluster.cancel(jid)
+    assert "--export=NONE" in script and "AWS_SHARED_CREDENTIALS_FILE=" in script
+    for where, text in (("batch script", script), ("scontrol show job", shown)):
+        assert secret not in text, "the secret key is in the %s" % where
+
+
+def test_the_cluster_listens_on_loopback_only(cluster):
+    local = local_addresses()
+    out = subprocess.run(["ss", "-tlnpH"], capture_output=True, text=True).stdout
+    mine = [ln for ln in out.splitlines() if re.search(r'"(slurmctld|slurmd|munged)"', ln)]
+    assert mine and all(ln.split()[3].startswith("127.0.0.1:") for ln in mine), mine
+    conns = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True).stdout
+    for ln in conns.splitlines():
+        if re.search(r'"(slurmctld|slurmd|munged)"', ln):
+            assert is_local_peer(ln.split()[4], local), ln
