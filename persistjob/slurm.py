@@ -123,8 +123,10 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
         "count() { n=$(( $(cat \"$1\" 2>/dev/null || echo 0) + 1 )); echo \"$n\" > \"$1\"; echo \"$n\"; }",
         "rerun() {  # exit 85 where the site requeues on it (RequeueExit), else requeue ourselves",
         '    rm -f "$later"',
-        "    if scontrol show config 2>/dev/null | grep -Eq '^RequeueExit +=.*(^|[ =,])85([,]|$)'; then exit 85; fi",
-        '    scontrol requeue "$SLURM_JOB_ID"; exit 0',
+        "    if scontrol show config 2>/dev/null | grep -Eq '^RequeueExit +=.*(^|[ =,])85([,]|$)'; then",
+        '        echo "persistjob-slurm: run again: exit 85 (RequeueExit)" >&2; exit 85',
+        "    fi",
+        '    echo "persistjob-slurm: run again: scontrol requeue" >&2; scontrol requeue "$SLURM_JOB_ID"; exit 0',
         "}",
         'rerun_later() { n=$(count "$later"); scontrol requeue "$SLURM_JOB_ID" && '
         'scontrol update JobId="$SLURM_JOB_ID" StartTime=now+$(delay %d "$n"); exit 0; }' % retry,

@@ -34,7 +34,14 @@ class Cluster:
     def pj(self, *args, check=True, timeout=300):
         return self.run(sys.executable, "-m", "persistjob", *args, check=check, timeout=timeout)
 
-    def submit(self, store, outdir, *args):
+    def submit(self, store, outdir, *args, env=None):
+        saved, self.env = self.env, dict(self.env, **(env or {}))
+        try:
+            return self._submit(store, outdir, *args)
+        finally:
+            self.env = saved
+
+    def _submit(self, store, outdir, *args):
         r = self.pj("submit", "--scheduler", "slurm", "--store", store, "--getenv", "AWS_ENDPOINT_URL_S3",
                     "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED", "--output-dir",
                     str(outdir), *args)
@@ -105,6 +112,7 @@ def test_job_runs_three_times_with_one_job_id_resuming_from_s3(cluster, seaweed,
         if prev.get("exit_code") == 85:
             assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
     assert sum(1 for r in runs if r.get("exit_code") == 85) >= 2
+    assert "run again: scontrol requeue" in open(tmp_path / ("three.%s.err" % jid)).read()
     fields = dict(w.split("=", 1) for w in cluster.comment(jid).split()[1:])
     assert fields["store"] == store and int(fields["gen"]) >= 1 and fields["name"] == "three"
 
@@ -142,11 +150,26 @@ def test_time_limit_warning_leaves_a_final_checkpoint_and_requeues(cluster, seaw
         .split("\n", 1)[0]
 
 
-def test_crash_loop_ends_held_with_the_reason(cluster, seaweed, store, tmp_path):
-    jid = cluster.submit(store, tmp_path, "--crash-limit", "2", "--release-limit", "0", "--name", "crash",
-                         "--", "/bin/sh", "-c", "echo boom >&2; exit 3")
+def runs_of(jid):
+    """(start, end) of each finished run of a Slurm job, from the job completion log (one line per run)."""
+    out = []
+    for line in open(os.path.join(STATE, "log", "jobcomp.txt")):
+        if line.startswith("JobId=%s " % jid):
+            f = dict(re.findall(r"(\w+)=(\S*)", line))
+            out.append(tuple(time.mktime(time.strptime(f[k], "%Y-%m-%dT%H:%M:%S")) for k in ("StartTime", "EndTime")))
+    return out
+
+
+def test_crash_loop_is_released_with_back_off_then_held_with_the_reason(cluster, seaweed, store, tmp_path):
+    """79: run again after --release-base (not at once), and after --release-limit releases held, the
+    wrapper's reason in the comment and in status."""
+    jid = cluster.submit(store, tmp_path, "--crash-limit", "2", "--release-limit", "1", "--release-base", "6s",
+                         "--name", "crash", "--", "/bin/sh", "-c", "echo boom >&2; exit 3")
     try:
         wait_for(lambda: (cluster.job(jid) or {}).get("Reason") == "job_requeued_in_held_state", 240, "the hold")
+        runs = runs_of(jid)
+        # runs 1 and 2 fail (the second exits 79), the release waits 6 s, run 3 fails again: held
+        assert len(runs) >= 3 and runs[2][0] - runs[1][1] >= 5, runs
         st = cluster.pj("status", "--scheduler", "slurm", "--json", "--constraint", jid, check=False)
         view = json.loads(st.stdout)[0]
         assert st.returncode == 1 and "HELD" in view["flags"] and "CRASHLOOP" in view["flags"], view
@@ -252,3 +275,47 @@ def test_the_cluster_listens_on_loopback_only(cluster):
     for ln in conns.splitlines():
         if re.search(r'"(slurmctld|slurmd|munged)"', ln):
             assert is_local_peer(ln.split()[4], local), ln
+
+
+def test_try_later_is_requeued_with_a_doubling_delay(cluster, seaweed, tmp_path):
+    """75 (the store does not answer): never an immediate re-run; the begin time moves --retry-base, then twice
+    that, ahead."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = "http://127.0.0.1:%d" % sock.getsockname()[1]  # nothing listens once the socket is closed
+    jid = cluster.submit("s3://nobucket/jobs", tmp_path, "--storage-timeout", "2s", "--retry-base", "4s",
+                         "--name", "later", "--", "python3", COUNTER, env={"AWS_ENDPOINT_URL_S3": dead})
+    try:
+        wait_for(lambda: len(runs_of(jid)) >= 3, 300, "three runs")
+    finally:
+        cluster.cancel(jid)
+    runs = runs_of(jid)
+    assert runs[1][0] - runs[0][1] >= 3 and runs[2][0] - runs[1][1] >= 7, runs  # 4 s, then 8 s (second granularity)
+
+
+def test_a_site_that_requeues_on_85_is_used(cluster, seaweed, store, tmp_path):
+    """With RequeueExit=85 in the site's slurm.conf the job exits 85 and Slurm requeues it; without, the job
+    requeues itself. Both keep the job ID and count restarts."""
+    conf = open(CONF).read()
+    with open(CONF, "a") as f:
+        f.write("RequeueExit=85\n")
+    cluster.run("scontrol", "reconfigure")
+    try:
+        wait_for(lambda: "85" in cluster.run("scontrol", "show", "config").stdout.split("RequeueExit", 1)[1].split("\n")[0],
+                 30, "RequeueExit=85 in force")
+        jid = cluster.submit(store, tmp_path, "--lifetime", "3s", "--interval", "1s", "--name", "rq85",
+                             "--", "python3", COUNTER, "--quiet")
+        try:
+            gid = cluster.gid(jid)
+            wait_for(lambda: len(log_of(seaweed, store, gid).runs()) >= 3, 240, "three runs")
+            assert int(cluster.job(jid)["Restarts"]) >= 2
+        finally:
+            cluster.cancel(jid)
+        err = open(tmp_path / ("rq85.%s.err" % jid)).read()
+        assert "run again: exit 85 (RequeueExit)" in err and "scontrol requeue" not in err
+    finally:
+        with open(CONF, "w") as f:
+            f.write(conf)
+        cluster.run("scontrol", "reconfigure")
