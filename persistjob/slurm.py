@@ -100,7 +100,10 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
         sbatch.append("--partition=%s" % partition)
     if account:
         sbatch.append("--account=%s" % account)
-    args = ["run", *run_argv(o.run, always=SHOWN_RUN_OPTIONS), "--", *o.payload]
+    payload = list(o.payload)
+    if "/" in payload[0] and not os.path.isabs(payload[0]):
+        payload[0] = os.path.abspath(payload[0])  # the run starts in its own scratch directory
+    args = ["run", *run_argv(o.run, always=SHOWN_RUN_OPTIONS), "--", *payload]
     env = [(ENV_SLURM_COMMENT, comment({"id": nonce, "name": o.name, "store": o.store})[len(COMMENT_TAG) + 1:]),
            *exports]
     retry, release = int(o.retry_base), int(o.release_base)
@@ -137,6 +140,9 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
         "}",
         'done_run() { rm -f "$later" "$holds"; exit 0; }' if not o.forever else
         "done_run() { rerun; }   # a forever job runs again after a clean end",
+        "# each run in its own scratch directory on the node (jobs start in the shared submit directory)",
+        'work=$(mktemp -d "${TMPDIR:-/tmp}/persistjob-slurm-$SLURM_JOB_ID.XXXXXX") && cd "$work" || rerun_later',
+        "trap 'cd /; rm -rf \"$work\"' EXIT",
         "stopping= pid=",
         "# USR1: the time limit is near: final checkpoint, then requeue.  TERM: scancel or preemption: final",
         "# checkpoint, then end (Slurm requeues a preempted job itself).",

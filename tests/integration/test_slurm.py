@@ -1,6 +1,7 @@
 """Persistent jobs on a real Slurm cluster (scripts/slurm-sandbox: Debian's slurmctld, slurmd and munge on
 127.0.0.1), store on a real SeaweedFS.  Jobs are submitted with `persistjob submit --scheduler slurm`."""
 
+import glob
 import json
 import os
 import re
@@ -25,14 +26,14 @@ class Cluster:
     def __init__(self, env):
         self.env = clean_env(dict(env, SLURM_CONF=CONF))
 
-    def run(self, *cmd, check=True, timeout=120):
-        r = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
+    def run(self, *cmd, check=True, timeout=120, cwd=None):
+        r = subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and r.returncode != 0:
             raise AssertionError("%s exited %d:\n%s%s" % (" ".join(cmd), r.returncode, r.stdout, r.stderr))
         return r
 
-    def pj(self, *args, check=True, timeout=300):
-        return self.run(sys.executable, "-m", "persistjob", *args, check=check, timeout=timeout)
+    def pj(self, *args, check=True, timeout=300, cwd=None):
+        return self.run(sys.executable, "-m", "persistjob", *args, check=check, timeout=timeout, cwd=cwd)
 
     def submit(self, store, outdir, *args, env=None):
         saved, self.env = self.env, dict(self.env, **(env or {}))
@@ -44,7 +45,7 @@ class Cluster:
     def _submit(self, store, outdir, *args):
         r = self.pj("submit", "--scheduler", "slurm", "--store", store, "--getenv", "AWS_ENDPOINT_URL_S3",
                     "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED", "--output-dir",
-                    str(outdir), *args)
+                    str(outdir), *args, cwd=str(outdir))
         return re.search(r"as job (\d+)", r.stdout).group(1)
 
     def job(self, jid):
@@ -113,6 +114,9 @@ def test_job_runs_three_times_with_one_job_id_resuming_from_s3(cluster, seaweed,
             assert nxt["restored_generation"] == prev["generation"] > 0, (prev, nxt)
     assert sum(1 for r in runs if r.get("exit_code") == 85) >= 2
     assert "run again: scontrol requeue" in open(tmp_path / ("three.%s.err" % jid)).read()
+    # each run works in its own scratch directory, never in the shared submit directory
+    assert not (tmp_path / "persistjob-checkpoint").exists()
+    wait_for(lambda: not glob.glob("/tmp/persistjob-slurm-%s.*" % jid), 60, "the last run to remove its scratch directory")
     fields = dict(w.split("=", 1) for w in cluster.comment(jid).split()[1:])
     assert fields["store"] == store and int(fields["gen"]) >= 1 and fields["name"] == "three"
 
