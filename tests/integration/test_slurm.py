@@ -323,3 +323,25 @@ def test_a_site_that_requeues_on_85_is_used(cluster, seaweed, store, tmp_path):
         with open(CONF, "w") as f:
             f.write(conf)
         cluster.run("scontrol", "reconfigure")
+
+
+def test_preemption_gets_a_final_checkpoint_and_slurm_requeues(cluster, seaweed, store, tmp_path):
+    """A job of the higher-tier partition needs every core: ours is preempted (PreemptMode=REQUEUE: TERM,
+    then SIGKILL after GraceTime), takes its final checkpoint, and Slurm requeues it; the next run resumes."""
+    jid = cluster.submit(store, tmp_path, "--lifetime", "10m", "--interval", "1h", "--vacate-grace", "15s",
+                         "--name", "preempt", "--", "python3", COUNTER, "--quiet")
+    big = None
+    try:
+        gid = cluster.gid(jid)
+        wait_for(lambda: any(r["run"] == 1 for r in log_of(seaweed, store, gid).runs()), 120, "the first run")
+        cores = cluster.run("sinfo", "-h", "-N", "-o", "%c").stdout.split()[0]
+        big = cluster.run("sbatch", "--parsable", "-p", "high", "-c", cores, "--wrap", "sleep 3",
+                          "-o", "/dev/null").stdout.strip()
+        wait_for(lambda: len(log_of(seaweed, store, gid).runs()) >= 2, 240, "our job to run again after the preemption")
+    finally:
+        cluster.cancel(jid)
+        if big:
+            cluster.cancel(big)
+    runs = {r["run"]: r for r in log_of(seaweed, store, gid).runs()}
+    assert runs[1]["exit_code"] == 85 and runs[1]["commits"] == 1 and "SIGTERM" in runs[1]["reason"], runs[1]
+    assert runs[2]["restored_generation"] == runs[1]["generation"] >= 1

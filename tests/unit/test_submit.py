@@ -216,9 +216,9 @@ def test_collect_status_joins_every_job_with_its_own_store_view(tmp_path):
                     "NumJobStarts": 1, "EnteredCurrentStatus": 1_700_000_000})
     ads.append({"ClusterId": 99, "ProcId": 0, "GlobalJobId": "schedd#99.0#1", "JobStatus": 1, C.ATTR_STORE: None})
 
-    class Schedd:
-        def query(self, constraint):
-            assert "PersistJob" in constraint
+    class Schedd:  # the queue's side of status (Scheduler or SlurmQueue)
+        def persistent_jobs(self, constraint):
+            assert constraint is None
             return ads
 
     views, now = collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
@@ -253,7 +253,7 @@ def test_status_answers_in_bounded_time_whatever_the_store_does(tmp_path, monkey
             C.ATTR_INTERVAL: 5, C.ATTR_LAST_COMMIT: 1000, "EnteredCurrentStatus": 900} for i in range(3)]
 
     class Schedd:
-        def query(self, constraint):
+        def persistent_jobs(self, constraint):
             return ads
 
     clock = iter([1000.0, 1030.0])
