@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .identity import parse_duration, parse_size
 
 #: The ways a payload's state is made consistent (persistjob.worker.modes has one class each).
-MODE_NAMES = ("freeze", "signal", "exit-code")
+MODE_NAMES = ("freeze", "signal", "exit-code", "criu")
 
 
 def format_duration(seconds: float) -> str:

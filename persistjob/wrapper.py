@@ -43,7 +43,7 @@ from .identity import format_bytes, host_and_slot, resolve_job_id
 from .options import RunOptions
 from .repo import JobRepo, host_name
 from .storage import Backend, RetryingBackend, get_backend
-from .worker.modes import Quiet, make_mode
+from .worker.modes import Quiet, checkpoint_dir, make_mode
 from .worker.payload import Payload, prepare_checkpoint_dir, resolve_payload, set_child_subreaper
 from .worker.signals import StopSignals
 
@@ -162,7 +162,7 @@ class Wrapper:
         exe = resolve_payload(o.payload[0])
         check_codec(o.codec)
         inner = self._backend if self._backend is not None else get_backend(o.store)
-        ckdir = prepare_checkpoint_dir(o.checkpoint_dir)  # created only once the inputs are known good
+        ckdir = prepare_checkpoint_dir(checkpoint_dir(o, self.job_id))  # created only once the inputs are known good
         self.store = RetryingBackend(inner, o.storage_timeout, cancel=self._cancelled)
         self.repo = JobRepo(self.store, self.job_id, keep=o.keep)
         self.ws = self.repo.workspace(ckdir, chunk_size=o.chunk_size, workers=o.workers, cancel=self._cancelled,
@@ -222,7 +222,7 @@ class Wrapper:
         env.update({C.ENV_JOB_ID: self.job_id, C.ENV_CHECKPOINT_DIR: self.payload.cwd, C.ENV_RUN: str(self.info.run),
                     C.ENV_GENERATION: str(generation)})
         env.update(self.mode.payload_env())
-        self.payload.start(env)
+        self.mode.start(env)
         self.info.payload_starts = self.payload.starts
 
     def _supervise(self, generation: int) -> int:

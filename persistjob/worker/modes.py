@@ -9,12 +9,22 @@ looked at.  A new mode (a transparent one, say) is one more class in :data:`MODE
 * ``exit-code``: no periodic checkpoints: the payload exits 85 after writing its state (HTCondor's
   ``checkpoint_exit_code``); at the end it is asked to stop and its state is committed if it exited
   0 or 85.
+* ``criu``: for payloads that cannot checkpoint themselves.  The payload runs as init of its own PID
+  namespace (``unshare --pid --fork`` + ``setsid``), its stdout/stderr in append-mode files of the
+  checkpoint directory; at a checkpoint the tree is stopped, dumped by CRIU into the checkpoint
+  directory's ``.persistjob-criu/`` and the directory snapshotted in the same instant (images and
+  files agree), then it goes on; the final checkpoint's dump ends the tree.  The next run restores
+  the tree from the images as the wrapper's child; its exit status is the payload's.  The checkpoint
+  directory is a fixed path per job, ``/tmp/persistjob-criu/<key>/work``, whatever --checkpoint-dir
+  says: CRIU reopens files and the working directory by path.
 """
 
+import hashlib
 import logging
 import os
+import signal
 import time
-from typing import Callable, Dict, NamedTuple, Optional, Type
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Type
 
 from .. import constants as C
 from ..contract import EXIT_CHECKPOINTED, EXIT_DONE
@@ -53,6 +63,14 @@ class Mode:
 
     def cleanup(self) -> None:
         pass
+
+    def start(self, env: Dict[str, str]) -> None:
+        """Start the payload (or bring it back)."""
+        self.payload.start(env)
+
+    @staticmethod
+    def checkpoint_dir(given: str, job_id: str) -> str:
+        return given
 
 
 class FreezeMode(Mode):
@@ -117,9 +135,85 @@ class ExitCodeMode(Mode):
         return Quiet(False) if rc in (EXIT_DONE, EXIT_CHECKPOINTED) else None
 
 
-MODES: Dict[str, Type[Mode]] = {m.name: m for m in (FreezeMode, SignalMode, ExitCodeMode)}
+class CriuMode(Mode):
+    name = "criu"
+    IMAGES = ".persistjob-criu"
+    OUT, ERR = ".persistjob-payload.out", ".persistjob-payload.err"
+
+    def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Mapping[str, str] = os.environ) -> None:
+        from .criu import Criu, find_criu
+
+        super().__init__(payload, opts, ckdir)
+        self.criu = Criu(find_criu(environ), os.path.dirname(ckdir))
+        self.images = os.path.join(ckdir, self.IMAGES)
+
+    @staticmethod
+    def checkpoint_dir(given: str, job_id: str) -> str:
+        # CRIU reopens the payload's files and cwd by path: the same path at every run on every node,
+        # whatever --checkpoint-dir says (a scheduler's scratch directory changes from run to run)
+        return os.path.join("/tmp/persistjob-criu", hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
+
+    def start(self, env: Dict[str, str]) -> None:
+        os.chmod(self.ckdir, 0o700)  # CRIU checks the mode of the cwd it reopens; a restored directory is 0700
+        if os.path.exists(os.path.join(self.images, "inventory.img")):
+            pid = self.criu.restore(self.images)
+            self.payload.adopt(pid)
+            self.payload.thaw()  # dumped while stopped: it comes back stopped
+            return
+        out = open(os.path.join(self.ckdir, self.OUT), "a")
+        err = open(os.path.join(self.ckdir, self.ERR), "a")
+        try:
+            self.payload.start(env, prefix=("unshare", "--pid", "--fork", "--kill-child", "setsid"), stdout=out,
+                               stderr=err)
+        finally:
+            out.close()
+            err.close()
+        self.payload.group_pid = self._init_pid()
+
+    def _init_pid(self) -> Optional[int]:
+        """The payload's host pid: the child of unshare (init of the new PID namespace)."""
+        from .payload import _children
+
+        assert self.payload.proc is not None
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            kids = _children(self.payload.proc.pid)
+            if kids:
+                return kids[0]
+            if self.payload.proc.poll() is not None:
+                return None
+            time.sleep(0.01)
+        return None
+
+    def _dump(self, leave_running: bool) -> None:
+        pid = self.payload.group_pid
+        if pid is None:
+            raise RuntimeError("no payload process to dump")
+        self.payload.signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        self.criu.dump(pid, self.images, leave_running)
+        log.info("criu: dumped pid %d in %.2fs%s", pid, time.monotonic() - t0, "" if leave_running else " (tree ended)")
+
+    def quiesce(self) -> Optional[Quiet]:
+        if self.payload.poll() is not None:
+            return None
+        return Quiet(True, lambda: self._dump(True), self.payload.thaw)
+
+    def quiesce_final(self, budget: float) -> Optional[Quiet]:
+        if self.payload.poll() is not None:
+            return None
+        self._dump(False)
+        return Quiet(False)
+
+
+MODES: Dict[str, Type[Mode]] = {m.name: m for m in (FreezeMode, SignalMode, ExitCodeMode, CriuMode)}
 assert tuple(MODES) == MODE_NAMES, "persistjob.options.MODE_NAMES lists the modes of this module"
 
 
 def make_mode(payload: Payload, opts: RunOptions, ckdir: str) -> Mode:
     return MODES[opts.mode](payload, opts, ckdir)
+
+
+def checkpoint_dir(opts: RunOptions, job_id: str) -> str:
+    """Where the payload's checkpoint directory is, for this mode (criu needs a fixed path per job)."""
+    return MODES[opts.mode].checkpoint_dir(opts.checkpoint_dir, job_id)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import ConfigError
 
@@ -102,14 +102,48 @@ def _pdeathsig_prefix() -> List[str]:
     return ["setpriv", "--pdeathsig", "KILL", "--"] if _PDEATHSIG else []
 
 
+class Adopted:
+    """A child we did not start with Popen (a tree criu restored as our child), with Popen's calls."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: Optional[int] = None
+
+    def _reap(self, flags: int) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:
+                self.returncode = -signal.SIGKILL  # gone without a status we could read
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        if timeout is None:
+            return self._reap(0)
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= end:
+                raise subprocess.TimeoutExpired("pid %d" % self.pid, timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+
 class Payload:
     """The payload's process group.  ``wait(seconds)`` is the wrapper's wake-up-on-signal sleep."""
 
     def __init__(self, exe: str, args: Sequence[str], cwd: str, wait: Callable[[float], None]) -> None:
         self.exe, self.args, self.cwd, self.wait = exe, list(args), cwd, wait
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: Optional[Any] = None  # a subprocess.Popen, or an Adopted child
         self.status: Optional[int] = None  # exit status of the last start, once it ended
         self.starts = 0
+        #: the process whose group is signalled, when it is not the one started (a namespace's init)
+        self.group_pid: Optional[int] = None
 
     @property
     def started(self) -> bool:
@@ -123,12 +157,22 @@ class Payload:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self, env: Dict[str, str]) -> None:
-        cmd = _pdeathsig_prefix() + [self.exe] + self.args
-        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+    def start(self, env: Dict[str, str], prefix: Sequence[str] = (), stdout: Any = None, stderr: Any = None) -> None:
+        cmd = _pdeathsig_prefix() + list(prefix) + [self.exe] + self.args
+        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                     stdout=stdout, stderr=stderr)
         self.status = None
+        self.group_pid = None
         self.starts += 1
         log.info("payload: started pid %d (%s)", self.proc.pid, " ".join([self.exe] + self.args)[:200])
+
+    def adopt(self, pid: int) -> None:
+        """Take a child that was started otherwise (restored by criu) as the payload."""
+        self.proc = Adopted(pid)
+        self.status = None
+        self.group_pid = pid
+        self.starts += 1
+        log.info("payload: restored as pid %d", pid)
 
     def poll(self) -> Optional[int]:
         """The exit status once the payload ended (None while it runs)."""
@@ -144,7 +188,7 @@ class Payload:
         """Send ``sig`` to the whole group."""
         if self.proc is not None:
             try:
-                os.killpg(self.proc.pid, sig)
+                os.killpg(self.group_pid or self.proc.pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -153,7 +197,7 @@ class Payload:
         if self.proc is None:
             return False
         try:
-            os.kill(self.proc.pid, sig)
+            os.kill(self.group_pid or self.proc.pid, sig)
         except ProcessLookupError:
             return False
         return True

@@ -1,7 +1,6 @@
-"""CRIU on this machine (issue 14, first part): scripts/criu-fetch provides a criu that passes `criu check`
-(the site's when new enough, else Debian trixie's 4.1.1 in a private prefix), and with it a process tree
-whose state lives only in memory is dumped, killed, and restored by another process: it continues where
-it was, and its own exit status reaches the restoring process.  The wrapper's --mode criu builds on this."""
+"""CRIU on this machine: scripts/criu-fetch provides a criu that passes `criu check` (the site's when new
+enough, else Debian trixie's 4.1.1 in a private prefix); with it a process tree whose state lives only in
+memory is dumped, killed, and restored by another process; and `--mode criu` makes any payload persistent."""
 
 import os
 import subprocess
@@ -10,7 +9,9 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, wait_for
+from persistjob.repo.log import JobLog
+from persistjob.worker.modes import CriuMode
+from tests.conftest import REPO, Store, clean_env, wait_for
 
 pytestmark = pytest.mark.criu
 
@@ -77,3 +78,65 @@ def test_memory_only_state_survives_dump_kill_and_restore_by_another_process(cri
     assert counts == list(range(1, 201)), "the count continued from %d without a restart or a gap" % at_dump
     size = sum(f.stat().st_size for f in images.iterdir())
     print("criu: dump %.2fs, restore %.2fs, %.1f MB of images for a 20 MB payload" % (dump_s, restore_s, size / 2 ** 20))
+
+
+COUNTER_IN_MEMORY = r"""
+import os, sys, time
+blob = bytearray(os.urandom(1 << 20)) * int(sys.argv[2])   # resident, never written to a file
+n = 0
+while True:
+    n += 1
+    print("count", n, flush=True)
+    if n >= int(sys.argv[1]):
+        sys.exit(int(sys.argv[3]))
+    time.sleep(0.05)
+"""
+
+
+def _counts(job_id):
+    out = os.path.join(CriuMode.checkpoint_dir("persistjob-checkpoint", job_id), CriuMode.OUT)
+    return [int(line.split()[1]) for line in open(out) if line.startswith("count ")]
+
+
+def test_mode_criu_carries_a_memory_only_counter_across_local_runs(criu, tmp_path):
+    """200 MB resident, a counter kept only in memory: `persistjob local --mode criu` re-runs it (each run
+    restores the tree CRIU dumped at the previous run's end), the count goes on without a restart, and the
+    payload's own final exit (0) ends `local`."""
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    name = "criu-" + os.urandom(4).hex()
+    r = store.cli("local", "--max-runs", "10", "--name", name, "--store", store.url, "--mode", "criu",
+                  "--lifetime", "3s", "--interval", "1s", "--", sys.executable, str(payload), "100", "200", "0",
+                  env={"PERSISTJOB_CRIU": criu}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted(JobLog(store.backend(), "local#" + name).runs(), key=lambda x: x["run"])
+    assert len(runs) >= 3 and runs[-1]["exit_code"] == 0, runs
+    assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:]))
+    assert _counts("local#" + name) == list(range(1, 101)), "restarted instead of restored"
+
+
+def test_mode_criu_passes_the_payloads_own_exit_status(criu, tmp_path):
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    job = "criu-exit-" + os.urandom(4).hex()
+    env = clean_env({"PERSISTJOB_CRIU": criu})
+    cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
+           "--lifetime", "2s", "--interval", "1s", "--", sys.executable, str(payload), "60", "10", "7"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 85, first.stderr[-2000:]
+    second = subprocess.run(cmd[:-2] + ["60", "10", "7"], env=env, capture_output=True, text=True, timeout=300)
+    # the restored payload exits 7 by itself: the wrapper sees its real status (a foreground criu restore says 0)
+    assert second.returncode == 1 and "payload exited 7" in second.stderr, second.stderr[-2000:]
+    assert _counts(job)[-1] == 60 and _counts(job) == list(range(1, 61))
+
+
+def test_mode_criu_without_a_usable_criu_is_a_configuration_error(tmp_path):
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    r = subprocess.run([sys.executable, "-m", "persistjob", "run", "--job-id", "nocriu", "--store", store.url,
+                        "--mode", "criu", "--", "/bin/sleep", "100"], env=clean_env({"PERSISTJOB_CRIU": "/bin/false"}),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 78 and r.stderr.strip().splitlines()[-1].startswith("persistjob: error: --mode criu: no usable criu")
+    assert "Traceback" not in r.stderr
+    assert JobLog(store.backend(), "nocriu").head().run == 0, "nothing was claimed"

@@ -1,0 +1,114 @@
+"""CRIU for ``--mode criu`` (worker side): find a usable ``criu``, dump a process tree, restore it as
+our child.  The mode itself (when to dump, what to commit) is ``modes.CriuMode``.
+
+criu is found as ``$PERSISTJOB_CRIU``, else ``criu`` on PATH when it is 4.0 or newer, else the private
+one ``scripts/criu-fetch`` leaves in ``/var/cache/persistjob/criu-trixie``; it must pass ``criu check``.
+It needs root (or ``CAP_CHECKPOINT_RESTORE`` + ``CAP_SYS_PTRACE`` on its binary and ``--unprivileged``,
+not supported here yet).  Anything missing is a configuration error (exit 78, one line): the job is
+held with its last good generation kept.
+"""
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from typing import List, Mapping, Optional
+
+from ..errors import ConfigError, PersistJobError
+
+log = logging.getLogger("persistjob")
+
+PRIVATE = "/var/cache/persistjob/criu-trixie/bin/criu"
+MIN_MAJOR = 4
+
+
+class CriuFailed(PersistJobError):
+    """A dump or restore failed; the message ends with criu's own last error line."""
+
+    exit_code = 78
+
+
+def _major(exe: str) -> int:
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    m = re.search(r"Version:\s*(\d+)\.", out)
+    return int(m.group(1)) if m else 0
+
+
+def _check(exe: str) -> Optional[str]:
+    """None when ``criu check`` passes, else its last line."""
+    try:
+        r = subprocess.run([exe, "check"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if r.returncode == 0:
+        return None
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    return lines[-1] if lines else "exit %d" % r.returncode
+
+
+def find_criu(environ: Mapping[str, str]) -> str:
+    """A criu that passes its check, or a ConfigError saying why there is none."""
+    if os.geteuid() != 0:
+        raise ConfigError("--mode criu needs root on the worker (CRIU dumps and restores process trees)")
+    given = environ.get("PERSISTJOB_CRIU")
+    candidates: List[str] = [given] if given else []
+    on_path = shutil.which("criu", path=environ.get("PATH"))
+    if not given and on_path and _major(on_path) >= MIN_MAJOR:
+        candidates.append(on_path)
+    if not given and os.access(PRIVATE, os.X_OK):
+        candidates.append(PRIVATE)
+    why = []
+    for exe in candidates:
+        problem = _check(exe)
+        if problem is None:
+            return exe
+        why.append("%s: %s" % (exe, problem))
+    raise ConfigError("--mode criu: no usable criu (%s); scripts/criu-fetch provides one, or set PERSISTJOB_CRIU"
+                      % ("; ".join(why) if why else "none found; criu on PATH must be %d.0 or newer" % MIN_MAJOR))
+
+
+def _last_error(logfile: str) -> str:
+    try:
+        with open(logfile, errors="replace") as f:
+            # the first error says why (the last is "Restoring FAILED"); RLIMIT_NOFILE's is harmless noise
+            lines = [ln.strip() for ln in f if "Error" in ln and "RLIMIT_NOFILE" not in ln]
+    except OSError:
+        return "no log"
+    return "%s (%s)" % (lines[0], logfile) if lines else "no error line in %s" % logfile
+
+
+class Criu:
+    def __init__(self, exe: str, logdir: str) -> None:
+        self.exe, self.logdir = exe, logdir
+
+    def dump(self, pid: int, images: str, leave_running: bool) -> None:
+        """Dump the tree rooted at ``pid`` into ``images`` (emptied first); without ``leave_running``
+        criu ends the tree once it is dumped."""
+        shutil.rmtree(images, ignore_errors=True)
+        os.makedirs(images)
+        logfile = os.path.join(self.logdir, "criu-dump.log")
+        cmd = [self.exe, "dump", "-t", str(pid), "-D", images, "-o", logfile]
+        if leave_running:
+            cmd.append("--leave-running")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise CriuFailed("criu dump of pid %d failed: %s" % (pid, _last_error(logfile)))
+
+    def restore(self, images: str) -> int:
+        """Restore the tree as a child of this process; its root's pid."""
+        pidfile = os.path.join(self.logdir, "criu-restore.pid")
+        logfile = os.path.join(self.logdir, "criu-restore.log")
+        try:
+            os.unlink(pidfile)  # criu refuses an existing pidfile
+        except FileNotFoundError:
+            pass
+        r = subprocess.run([self.exe, "restore", "-D", images, "-d", "--restore-sibling", "--pidfile", pidfile,
+                            "-o", logfile], capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise CriuFailed("criu restore failed: %s" % _last_error(logfile))
+        with open(pidfile) as f:
+            return int(f.read().strip())
