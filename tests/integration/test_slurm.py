@@ -44,7 +44,8 @@ class Cluster:
 
     def _submit(self, store, outdir, *args):
         r = self.pj("submit", "--scheduler", "slurm", "--store", store, "--getenv", "AWS_ENDPOINT_URL_S3",
-                    "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED", "--output-dir",
+                    "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED", "--getenv",
+                    "PERSISTJOB_CRIU", "--output-dir",
                     str(outdir), *args, cwd=str(outdir))
         return re.search(r"as job (\d+)", r.stdout).group(1)
 
@@ -345,3 +346,42 @@ def test_preemption_gets_a_final_checkpoint_and_slurm_requeues(cluster, seaweed,
     runs = {r["run"]: r for r in log_of(seaweed, store, gid).runs()}
     assert runs[1]["exit_code"] == 85 and runs[1]["commits"] == 1 and "SIGTERM" in runs[1]["reason"], runs[1]
     assert runs[2]["restored_generation"] == runs[1]["generation"] >= 1
+
+
+MEMORY_COUNTER = r"""
+import os, sys, time
+blob = bytearray(os.urandom(1 << 20)) * 50   # 50 MB resident, never in a file
+n = 0
+while True:
+    n += 1
+    print("count", n, flush=True)
+    if n >= int(sys.argv[1]):
+        sys.exit(0)
+    time.sleep(0.05)
+"""
+
+
+def test_mode_criu_carries_memory_across_requeues(cluster, seaweed, store, tmp_path):
+    """--mode criu under Slurm: the job's payload keeps its count only in memory; CRIU's images ride in the
+    store from run to run, Slurm requeues the job (same ID), and the count goes on until the payload ends
+    by itself, which ends the job."""
+    fetch = subprocess.run([os.path.join(REPO, "scripts", "criu-fetch")], capture_output=True, text=True, timeout=900)
+    assert fetch.returncode == 0, fetch.stderr
+    payload = tmp_path / "count.py"
+    payload.write_text(MEMORY_COUNTER)
+    jid = cluster.submit(store, tmp_path, "--mode", "criu", "--lifetime", "3s", "--interval", "1s", "--until-done",
+                         "--name", "criu", "--", "python3", str(payload), "150",
+                         env={"PERSISTJOB_CRIU": fetch.stdout.split()[-1]})
+    try:
+        gid = cluster.gid(jid)
+        wait_for(lambda: (cluster.job(jid) or {}).get("JobState") in ("COMPLETED", None), 300, "the job to end")
+    finally:
+        cluster.cancel(jid)
+    runs = sorted(log_of(seaweed, store, gid).runs(), key=lambda r: r["run"])
+    assert len(runs) >= 3 and runs[-1]["exit_code"] == 0, runs
+    assert all(b["restored_generation"] == a["generation"] for a, b in zip(runs, runs[1:]))
+    from persistjob.worker.modes import CriuMode
+
+    out = os.path.join(CriuMode.checkpoint_dir("", gid), CriuMode.OUT)
+    counts = [int(line.split()[1]) for line in open(out) if line.startswith("count ")]
+    assert counts == list(range(1, 151)), "restarted instead of restored"

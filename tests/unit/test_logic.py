@@ -292,3 +292,22 @@ def test_no_instance_metadata_lookup_unless_asked(monkeypatch, tmp_path):
     assert client._request_signer._credentials is None and tried == []  # no credentials, and nobody was asked
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")
     assert "iam-role" in [p.METHOD for p in botocore_session().get_component("credential_provider").providers]
+
+
+def test_an_adopted_child_reports_its_own_exit_status():
+    """A tree criu restored is our child but no Popen: Adopted gives Popen's poll/wait with the real status."""
+    import os
+    import signal
+    import subprocess
+
+    from persistjob.worker.payload import Adopted
+
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 7"], dict(os.environ))
+    assert Adopted(pid).wait(timeout=30) == 7
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "30"], dict(os.environ))
+    child = Adopted(pid)
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(timeout=0.1)
+    os.kill(pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL and child.poll() == -signal.SIGKILL
