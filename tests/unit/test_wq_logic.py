@@ -259,3 +259,23 @@ def test_manager_options_bounds():
         ManagerOptions(max_retries=-1)
     with pytest.raises(ConfigError):
         ManagerOptions(job_wrapper="/nonexistent/wrapper.sh")
+
+
+def test_item_data_as_htcondor2_23_gives_it(tmp_path):
+    """htcondor2 23.9 (Debian trixie, the sandbox pool's) gives each item's text, not a dict: the variables
+    are split as condor_submit splits them; and its itemdata() crashes on a file it cannot open, so that is
+    checked first."""
+    from persistjob.wq.shims.submitfile import SubmitDescription
+
+    class Sub:
+        def __init__(self, items):
+            self.items = items
+
+        def itemdata(self):
+            return iter(self.items)
+
+    assert SubmitDescription._items(Sub(["x 1", "y,2"]), "k, v from (", 3) == [{"k": "x", "v": "1"}, {"k": "y", "v": "2"}]
+    assert SubmitDescription._items(Sub(["a", "b"]), "2 name in (a, b)", 3) == [{"name": "a"}, {"name": "b"}]
+    assert SubmitDescription._items(Sub(["a b"]), "in (a b)", 3) == [{"Item": "a b"}]
+    with pytest.raises(SubmitError, match="can't open file /nonexistent/items: No such file"):
+        SubmitDescription._items(Sub([]), "k from /nonexistent/items", 4)

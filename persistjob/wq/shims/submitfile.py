@@ -206,15 +206,12 @@ class SubmitDescription:
                 n = _syntax_error_line(part)
                 raise SubmitError("on Line %d of submit file: \n\nERROR: Failed to parse command file (line %d)."
                                   % (n, n), parsing=True) from None
-            keys = list(sub.keys())
+            # (iterating, not keys(): htcondor2 23.9's Submit.keys() recurses through __len__ without end)
+            keys = [k for k in sub if k]
             qargs = sub.getQArgs()
             items: List[Dict[str, str]] = [{}]
             if _ITEMS.search(qargs):
-                try:
-                    items = [dict(x) if isinstance(x, dict) else {"Item": x} for x in (sub.itemdata() or [])]
-                except (ValueError, RuntimeError, OSError) as exc:
-                    raise SubmitError("on Line %d of submit file: %s\n\nERROR: Failed to parse command file (line %d)."
-                                      % (line, exc, line), parsing=True) from None
+                items = self._items(sub, qargs, line)
             self._queues.append((sub, keys, self._count(sub, qargs, line), items))
         if not self._queues:
             raise SubmitError("on Line %d of submit file: no queue statement\n\nERROR: Failed to parse command file "
@@ -224,6 +221,34 @@ class SubmitDescription:
         self.procs(0)  # every error now, before a cluster is taken
 
     @staticmethod
+    def _items(sub: Any, qargs: str, line: int) -> List[Dict[str, str]]:
+        """The queue statement's item data, one dict of variables per item."""
+        def fail(why: str) -> SubmitError:
+            return SubmitError("on Line %d of submit file: %s\n\nERROR: Failed to parse command file (line %d)."
+                               % (line, why, line), parsing=True)
+
+        m = re.match(r"^\s*(?:(?:\d+|\S*\$\(\S*)\s+)?(.*?)\s*\b(in|from|matching)\b\s*(.*)$", qargs, re.I | re.S)
+        names = [n for n in re.split(r"[,\s]+", m.group(1)) if n] if m else []
+        source = m.group(3).strip() if m else ""
+        if m and m.group(2).lower() == "from" and source and not source.startswith("("):
+            # checked here: htcondor2 23.9's itemdata() crashes the process on a file it cannot open
+            if not os.path.isfile(source):
+                raise fail("can't open file %s: No such file or directory" % source)
+        try:
+            raw = list(sub.itemdata() or [])
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise fail(str(exc)) from None
+        out = []
+        for x in raw:
+            if isinstance(x, dict):  # htcondor2 24 and later split the variables
+                out.append(dict(x))
+                continue
+            keys = names or ["Item"]  # 23.9 gives each item's text: split it as condor_submit does
+            values = re.split(r"[,\s]+", x.strip(), maxsplit=len(keys) - 1) if len(keys) > 1 else [x]
+            out.append(dict(zip(keys, values + [""] * (len(keys) - len(values)))))
+        return out
+
+    @staticmethod
     def _count(sub: Any, qargs: str, line: int) -> int:
         first = (qargs.split() or ["1"])[0]
         if _ITEMS.fullmatch(first) or re.match(r"^[A-Za-z_][\w,]*$", first):
@@ -231,7 +256,7 @@ class SubmitDescription:
         if "$" in first:
             sub["PersistjobQueueCount"] = first
             first = sub.expand("PersistjobQueueCount")
-            del sub["PersistjobQueueCount"]
+            sub["PersistjobQueueCount"] = ""  # (keys cannot be deleted; the empty value has no effect)
         try:
             return int(first)
         except ValueError:
