@@ -8,9 +8,11 @@ it, ``scancel``.  No database, no cron: Slurm keeps the job and its ID across re
 * Re-runs: the wrapper's exit code goes through the contract table (``contract.py``) in the batch
   script.  "Run again" is ``exit 85`` where the site set ``RequeueExit=85`` (detected at run time),
   else the job requeues itself (``scontrol requeue``) before it exits; both keep the job ID and raise
-  ``SLURM_RESTART_COUNT``.  75 requeues with a begin time ``retry_delay`` ahead; 79 likewise with the
-  release back-off, and after ``--release-limit`` releases it is held; 78 is held at once
-  (``scontrol requeuehold``).  The wrapper's reason is in the job's comment (``err=``).
+  ``SLURM_RESTART_COUNT``.  75 requeues with a "not before" time ``retry_delay`` ahead (kept in a
+  file: Slurm lets no one change a running job's begin time, and kills a requeued job's processes at
+  once, so a run that starts too early requeues again without running); 79 likewise with the release
+  back-off, and after ``--release-limit`` releases it is held; 78 is held at once (``scontrol
+  requeuehold``).  The wrapper's reason is in the job's comment (``err=``).
 * Time limit: ``--time`` covers the lifetime, the final checkpoint and a margin; ``--signal=B:USR1@N``
   (USR1, not TERM: a job that requeues itself on TERM would survive ``scancel``) asks for a final
   checkpoint and a requeue before Slurm ends the job as TIMEOUT, which it would never requeue.
@@ -119,27 +121,37 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
         *("export %s=%s" % (k, _sh(v)) for k, v in env),
         "state=%s/.persistjob-slurm" % _sh(out),
         'mkdir -p "$state"; later="$state/$SLURM_JOB_ID.later"; holds="$state/$SLURM_JOB_ID.holds"',
+        'notbefore="$state/$SLURM_JOB_ID.notbefore"',
         "delay() {  # contract.retry_delay: BASE * 2^(N-1), at most %d s" % cap,
         '    n=$2; [ "$n" -gt %d ] && n=%d; d=$(( $1 << (n - 1) )); [ "$d" -gt %d ] && d=%d; echo "$d"' % (
             X.DOUBLINGS_MAX + 1, X.DOUBLINGS_MAX + 1, cap, cap),
         "}",
         "count() { n=$(( $(cat \"$1\" 2>/dev/null || echo 0) + 1 )); echo \"$n\" > \"$1\"; echo \"$n\"; }",
         "rerun() {  # exit 85 where the site requeues on it (RequeueExit), else requeue ourselves",
-        '    rm -f "$later"',
+        '    rm -f "$later" "$notbefore"',
         "    if scontrol show config 2>/dev/null | grep -Eq '^RequeueExit +=.*(^|[ =,])85([,]|$)'; then",
         '        echo "persistjob-slurm: run again: exit 85 (RequeueExit)" >&2; exit 85',
         "    fi",
         '    echo "persistjob-slurm: run again: scontrol requeue" >&2; scontrol requeue "$SLURM_JOB_ID"; exit 0',
         "}",
-        'rerun_later() { n=$(count "$later"); scontrol requeue "$SLURM_JOB_ID" && '
-        'scontrol update JobId="$SLURM_JOB_ID" StartTime=now+$(delay %d "$n"); exit 0; }' % retry,
-        'hold() { rm -f "$later"; scontrol requeuehold "$SLURM_JOB_ID"; exit 0; }',
+        "# A delayed re-run: Slurm lets no one change a running job's begin time, and a requeued job's processes",
+        "# are killed at once, so the time is kept in a file and a run that starts before it requeues at once.",
+        "later_by() {",
+        '    echo $(( $(date +%s) + $1 )) > "$notbefore"',
+        '    echo "persistjob-slurm: run again in $1 s or later" >&2; scontrol requeue "$SLURM_JOB_ID"; exit 0',
+        "}",
+        'rerun_later() { n=$(count "$later"); later_by "$(delay %d "$n")"; }' % retry,
+        'hold() { rm -f "$later" "$notbefore"; scontrol requeuehold "$SLURM_JOB_ID"; exit 0; }',
         "hold_release() {  # crash loop: run again after a growing delay, held after %d releases" % o.release_limit,
         '    rm -f "$later"; n=$(count "$holds"); [ "$n" -gt %d ] && hold' % o.release_limit,
-        '    scontrol requeue "$SLURM_JOB_ID" && scontrol update JobId="$SLURM_JOB_ID" StartTime=now+$(delay %d "$n"); exit 0' % release,
+        '    later_by "$(delay %d "$n")"' % release,
         "}",
-        'done_run() { rm -f "$later" "$holds"; exit 0; }' if not o.forever else
+        'done_run() { rm -f "$later" "$holds" "$notbefore"; exit 0; }' if not o.forever else
         "done_run() { rerun; }   # a forever job runs again after a clean end",
+        'if [ "$(date +%s)" -lt "$(cat "$notbefore" 2>/dev/null || echo 0)" ]; then',
+        '    echo "persistjob-slurm: too early (not before $(cat "$notbefore")): requeued without running" >&2',
+        '    scontrol requeue "$SLURM_JOB_ID"; exit 0',
+        "fi",
         "# each run in its own scratch directory on the node (jobs start in the shared submit directory)",
         'work=$(mktemp -d "${TMPDIR:-/tmp}/persistjob-slurm-$SLURM_JOB_ID.XXXXXX") && cd "$work" || rerun_later',
         "trap 'cd /; rm -rf \"$work\"' EXIT",
@@ -148,11 +160,13 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
         "# checkpoint, then end (Slurm requeues a preempted job itself).",
         "trap 'interrupted=1; ask=1; [ -n \"$pid\" ] && kill -TERM $pid 2>/dev/null' USR1",
         "trap 'interrupted=1; ask=1; stopping=1; [ -n \"$pid\" ] && kill -TERM $pid 2>/dev/null' TERM",
+        'echo "persistjob-slurm: run started $(date +%s)" >&2',
         "%s %s %s &" % (_sh(python), _sh(bundle), " ".join(_sh(a) for a in args)),
         "pid=$!",
         '[ -n "$ask" ] && kill -TERM "$pid"   # a signal before the wrapper started',
         "# wait for the wrapper; a trapped signal interrupts wait (the child is not reaped then: wait again)",
         'while :; do interrupted=; wait "$pid"; rc=$?; [ -n "$interrupted" ] && [ "$rc" -gt 128 ] || break; done',
+        'echo "persistjob-slurm: run ended $(date +%s), exit $rc" >&2',
         '[ -n "$stopping" ] && exit 0',
         'case "$rc" in',
         _dispatch(o),

@@ -117,6 +117,7 @@ def _holds(ad, reason):
     return int(m.group(1)) if m else 0
 
 
+@pytest.mark.timeout(1200)  # several runs through the CE, each a GAHP submission: can pass 600 s on a busy machine
 def test_crash_loop_through_the_ce_ends_held(ce, bucket_store):
     """A crash-looping payload: held with subcode 79, released with back-off, and after --release-limit
     holds of its own (not the gridmanager's hold after each run) it stays held."""

@@ -155,13 +155,17 @@ def test_time_limit_warning_leaves_a_final_checkpoint_and_requeues(cluster, seaw
         .split("\n", 1)[0]
 
 
-def runs_of(jid):
-    """(start, end) of each finished run of a Slurm job, from the job completion log (one line per run)."""
-    out = []
-    for line in open(os.path.join(STATE, "log", "jobcomp.txt")):
-        if line.startswith("JobId=%s " % jid):
-            f = dict(re.findall(r"(\w+)=(\S*)", line))
-            out.append(tuple(time.mktime(time.strptime(f[k], "%Y-%m-%dT%H:%M:%S")) for k in ("StartTime", "EndTime")))
+def runs_of(errfile):
+    """(start, end, exit code) of each run of the wrapper, from the batch script's lines in the job's
+    error file (runs that found it too early and requeued at once did not start the wrapper)."""
+    out, start = [], None
+    for line in open(errfile):
+        m = re.match(r"persistjob-slurm: run (started|ended) (\d+)(?:, exit (\d+))?", line)
+        if m and m.group(1) == "started":
+            start = int(m.group(2))
+        elif m and start is not None:
+            out.append((start, int(m.group(2)), int(m.group(3))))
+            start = None
     return out
 
 
@@ -172,9 +176,9 @@ def test_crash_loop_is_released_with_back_off_then_held_with_the_reason(cluster,
                          "--name", "crash", "--", "/bin/sh", "-c", "echo boom >&2; exit 3")
     try:
         wait_for(lambda: (cluster.job(jid) or {}).get("Reason") == "job_requeued_in_held_state", 240, "the hold")
-        runs = runs_of(jid)
+        runs = runs_of(tmp_path / ("crash.%s.err" % jid))
         # runs 1 and 2 fail (the second exits 79), the release waits 6 s, run 3 fails again: held
-        assert len(runs) >= 3 and runs[2][0] - runs[1][1] >= 5, runs
+        assert [r[2] for r in runs] == [1, 79, 79] and runs[2][0] - runs[1][1] >= 5, runs
         st = cluster.pj("status", "--scheduler", "slurm", "--json", "--constraint", jid, check=False)
         view = json.loads(st.stdout)[0]
         assert st.returncode == 1 and "HELD" in view["flags"] and "CRASHLOOP" in view["flags"], view
@@ -292,11 +296,13 @@ def test_try_later_is_requeued_with_a_doubling_delay(cluster, seaweed, tmp_path)
         dead = "http://127.0.0.1:%d" % sock.getsockname()[1]  # nothing listens once the socket is closed
     jid = cluster.submit("s3://nobucket/jobs", tmp_path, "--storage-timeout", "2s", "--retry-base", "4s",
                          "--name", "later", "--", "python3", COUNTER, env={"AWS_ENDPOINT_URL_S3": dead})
+    err = tmp_path / ("later.%s.err" % jid)
     try:
-        wait_for(lambda: len(runs_of(jid)) >= 3, 300, "three runs")
+        wait_for(lambda: err.exists() and len(runs_of(err)) >= 3, 300, "three runs")
     finally:
         cluster.cancel(jid)
-    runs = runs_of(jid)
+    runs = runs_of(err)
+    assert [r[2] for r in runs[:3]] == [75, 75, 75], runs
     assert runs[1][0] - runs[0][1] >= 3 and runs[2][0] - runs[1][1] >= 7, runs  # 4 s, then 8 s (second granularity)
 
 

@@ -35,7 +35,7 @@ def fake_slurm(tmp_path):
     bindir.mkdir()
     (bindir / "scontrol").write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n[ "$1 $2" = "show config" ] && '
                                      'printf "%s\\n" "$FAKE_CONFIG"\nexit 0\n')
-    (bindir / "python3").write_text('#!/bin/sh\nexit "$RC"\n')
+    (bindir / "python3").write_text('#!/bin/sh\necho python3 >> "$CALLS"\nexit "$RC"\n')
     for f in bindir.iterdir():
         f.chmod(0o755)
 
@@ -55,24 +55,39 @@ def fake_slurm(tmp_path):
     return run
 
 
-def test_the_batch_script_follows_the_contract(fake_slurm):
-    assert fake_slurm(85) == (0, ["show config", "requeue 42"])  # no RequeueExit: the job requeues itself
-    assert fake_slurm(85, config="RequeueExit             = 85") == (85, ["show config"])  # the site requeues on 85
-    assert fake_slurm(85, config="RequeueExit             = 1,85-90") == (0, ["show config", "requeue 42"])
-    assert fake_slurm(1) == (0, ["show config", "requeue 42"])
-    assert fake_slurm(0, forever=False) == (0, [])  # done: the job ends
-    assert fake_slurm(0) == (0, ["show config", "requeue 42"])  # a forever job runs again
-    assert fake_slurm(78) == (0, ["requeuehold 42"])
-    # 75: later, 30 s doubling with each consecutive 75; any other run resets the count
-    assert fake_slurm(75) == (0, ["requeue 42", "update JobId=42 StartTime=now+30"])
-    assert fake_slurm(75)[1][-1] == "update JobId=42 StartTime=now+60"
-    assert fake_slurm(137)[1][-1] == "update JobId=42 StartTime=now+120"  # unknown codes are 'try later'
+def test_the_batch_script_follows_the_contract(fake_slurm, tmp_path):
+    import time
+
+    ran = ["python3"]
+    assert fake_slurm(85) == (0, ran + ["show config", "requeue 42"])  # no RequeueExit: the job requeues itself
+    assert fake_slurm(85, config="RequeueExit             = 85") == (85, ran + ["show config"])  # the site's requeue
+    assert fake_slurm(85, config="RequeueExit             = 1,85-90") == (0, ran + ["show config", "requeue 42"])
+    assert fake_slurm(1) == (0, ran + ["show config", "requeue 42"])
+    assert fake_slurm(0, forever=False) == (0, ran)  # done: the job ends
+    assert fake_slurm(0) == (0, ran + ["show config", "requeue 42"])  # a forever job runs again
+    assert fake_slurm(78) == (0, ran + ["requeuehold 42"])
+    notbefore = tmp_path / "out" / ".persistjob-slurm" / "42.notbefore"
+
+    def later(rc):
+        """(the delay the run asked for, what it called)."""
+        t = int(time.time())
+        code, calls = fake_slurm(rc)
+        assert code == 0 and calls == ran + ["requeue 42"], calls
+        delay = int(notbefore.read_text()) - t
+        notbefore.unlink()  # (as if the time had come)
+        return delay
+
+    # 75: not before 30 s, doubling with each consecutive 75; any other run resets the count
+    assert later(75) in (30, 31) and later(75) in (60, 61) and later(137) in (120, 121)  # unknown codes: try later
     fake_slurm(85)
-    assert fake_slurm(75)[1][-1] == "update JobId=42 StartTime=now+30"
+    assert later(75) in (30, 31)
+    # a run that starts before its time requeues at once, without running anything
+    fake_slurm(75)
+    assert fake_slurm(85) == (0, ["requeue 42"])
+    notbefore.unlink()
     # 79: run again after 60 s, 120 s; held after --release-limit (2) such releases
-    assert fake_slurm(79) == (0, ["requeue 42", "update JobId=42 StartTime=now+60"])
-    assert fake_slurm(79)[1] == ["requeue 42", "update JobId=42 StartTime=now+120"]
-    assert fake_slurm(79)[1] == ["requeuehold 42"]
+    assert later(79) in (60, 61) and later(79) in (120, 121)
+    assert fake_slurm(79) == (0, ran + ["requeuehold 42"])
 
 
 def test_every_contract_code_has_its_branch():
