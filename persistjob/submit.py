@@ -138,6 +138,11 @@ POLICY_HOLDS = "ifThenElse(isUndefined(NumHoldsByReason.JobPolicy), 0, NumHoldsB
 #: What HTCondor-G does to a grid job (ARC) that exited with on_exit_remove false: it holds it. The
 #: next run is a release away.
 GRID_RERUN_HOLD = '((HoldReasonCode =?= 0) && (HoldReason =?= "Unspecified gridmanager error"))'
+#: Any other hold of HTCondor-G (HoldReasonCode 0: a CE that answered "HTTP response 500" to a proxy
+#: delegation, a submission refused for a while) is transient for a job that must live on: released
+#: after the contract's try-later delay, as a 75 would be.  A user's condor_hold (code 1) stays.
+GRID_TRANSIENT_HOLD = ('((HoldReasonCode =?= 0) && (HoldReason =!= "Unspecified gridmanager error") && '
+                       '((time() - EnteredCurrentStatus) > %d))')
 
 
 def policy(forever: bool, release_limit: int, release_base: float, retry_base: float, grid: bool = False) -> Dict[str, str]:
@@ -155,7 +160,7 @@ def policy(forever: bool, release_limit: int, release_base: float, retry_base: f
              for c in X.codes(X.HOLD_RELEASE)] +
             ["((HoldReasonCode =?= 3) && (HoldReasonSubCode =?= %d) && ((time() - EnteredCurrentStatus) > %s))"
              % (c, X.retry_delay_classad(retry_base, POLICY_HOLDS)) for c in X.codes(X.RERUN_LATER)] +
-            ([GRID_RERUN_HOLD] if grid else [])),
+            ([GRID_RERUN_HOLD, GRID_TRANSIENT_HOLD % int(retry_base)] if grid else [])),
     }
     d["on_exit_remove"] = "false" if forever else "(ExitBySignal =?= false) && %s" % _exit_in(X.codes(X.COMPLETE))
     return d
