@@ -145,9 +145,11 @@ def main():
     deadline = time.monotonic() + a.checkpoint_every
     while stop["why"] is None and time.monotonic() < deadline and client.poll() is None:
         time.sleep(0.2)
-    if client.poll() is not None:
+    if client.poll() is not None and stop["why"] is None:
         log("the BOINC client exited by itself (%d)" % client.returncode)
         return 1
+    # (a stop from the scheduler's side reaches the whole process group: the client may have quit on that
+    # SIGTERM already, which is its clean shutdown; it is logged as a quit below, not as a failure)
     why = stop["why"] or "checkpoint interval"
     t0 = time.monotonic()
     end = t0 + a.quit_timeout
