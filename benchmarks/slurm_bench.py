@@ -137,7 +137,7 @@ def main():
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the Slurm and HTCondor sandboxes)")
-    slurm_was_up = "running: slurmctld" in subprocess.run([SLURM, "status"], capture_output=True, text=True).stderr
+    slurm_was_up = "slurm-sandbox: running: slurmctld" in subprocess.run([SLURM, "status"], capture_output=True, text=True).stderr
     condor_was_up = "running:" in subprocess.run([CONDOR, "status"], capture_output=True, text=True).stderr
     server = None
     work = tempfile.mkdtemp(prefix="pj-sbench-")

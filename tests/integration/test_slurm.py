@@ -72,7 +72,7 @@ class Cluster:
 def cluster(seaweed):
     if os.geteuid() != 0:
         pytest.fail("the Slurm sandbox runs its daemons as root: run make test as root")
-    was_up = "running: slurmctld" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
+    was_up = "slurm-sandbox: running: slurmctld" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
     if not was_up:
         subprocess.run([SANDBOX, "down", "--wipe"], capture_output=True, timeout=120)
     try:
