@@ -58,8 +58,13 @@ def job_id(cluster: str, slurm_job_id: str, nonce: str) -> str:
     return "slurm#%s#%s#%s" % (cluster, slurm_job_id, nonce)
 
 
+def _minutes(seconds: float) -> int:
+    """Slurm's --time counts whole minutes: round up."""
+    return int(-(-seconds // 60))
+
+
 def time_limit_minutes(lifetime: float, grace: float) -> int:
-    return int(-(-(lifetime + grace + TIME_MARGIN) // 60))
+    return _minutes(lifetime + grace + TIME_MARGIN)
 
 
 def _sh(value: Any) -> str:
@@ -92,7 +97,7 @@ def batch_script(o: Any, nonce: str, *, bundle: str, python: str = "python3", ex
               "--error=%s/%s.%%A%s.err" % (out, o.name, array),
               "--open-mode=append",
               "--requeue",
-              "--time=%d" % (time_limit_minutes(lifetime, grace) if time_limit is None else int(-(-time_limit // 60))),
+              "--time=%d" % (time_limit_minutes(lifetime, grace) if time_limit is None else _minutes(time_limit)),
               "--signal=B:USR1@%d" % int(grace + SIGNAL_MARGIN),
               "--export=NONE",
               '--comment="%s"' % comment({"id": nonce, "name": o.name, "store": o.store})]
@@ -344,7 +349,3 @@ def submit(o: Any, *, bundle: str, exports: Sequence[Tuple[str, str]], partition
         return script, ""
     os.makedirs(o.output_dir, exist_ok=True)
     return script, sbatch(script)
-
-
-def jobs_json(ads: Sequence[Dict[str, Any]]) -> str:
-    return json.dumps(ads, indent=1, default=str)

@@ -132,7 +132,7 @@ def parse_output_option(argv: Sequence[str], i: int, items: List[Item]) -> Tuple
         items.append(("format", argv[i + 1], argv[i + 2]))
         return i + 3, None
     name = low.split(":", 1)[0]
-    if name in ("-af", "-autoformat", "-autof", "-autoform", "-autoforma", "-autoformat"):
+    if name in ("-af", "-autof", "-autoform", "-autoforma", "-autoformat"):
         mods = arg.split(":", 1)[1] if ":" in arg else ""
         j = i + 1
         while j < len(argv) and not argv[j].startswith("-"):
