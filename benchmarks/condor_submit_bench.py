@@ -30,6 +30,8 @@ from persistjob.repo.log import JobLog  # noqa: E402
 from persistjob.storage import get_backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 
+from _sidebyside import alternate  # noqa: E402  (benchmarks/, this script's directory)
+
 SANDBOX = os.path.join(REPO, "scripts", "condor-sandbox")
 # what a job needs of the submitter's environment to reach the store (no secret: those ride in a file)
 STORE_ENV = ["--getenv", "AWS_ENDPOINT_URL_S3", "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED"]
@@ -72,12 +74,11 @@ def bench_submit(jobs: int, rounds: int) -> None:
                   env=BENCH_CREDS).stdout
     subfile = "/tmp/subbench-%s.sub" % uuid.uuid4().hex[:6]
     subprocess.run([SANDBOX, "run", "--", "sh", "-c", "cat > %s" % subfile], input=dry, text=True, check=True)
-    times = {"persistjob": [], "condor_submit": []}
-    for r in range(rounds):
-        for mode in (("persistjob", "condor_submit") if r % 2 == 0 else ("condor_submit", "persistjob")):
-            res = json.loads(sandbox("python3", "-c", SUBMIT_TIMER, mode, str(jobs), subfile, env=BENCH_CREDS).stdout)
-            times[mode].append(res["seconds"])
-            sandbox("condor_rm", "-constraint", 'PersistName == "subbench"', check=False)
+    times = alternate(
+        rounds, ("persistjob", "condor_submit"),
+        lambda mode: json.loads(sandbox("python3", "-c", SUBMIT_TIMER, mode, str(jobs), subfile,
+                                        env=BENCH_CREDS).stdout)["seconds"],
+        after=lambda: sandbox("condor_rm", "-constraint", 'PersistName == "subbench"', check=False))
     m = statistics.median
     print("submit %d persistent jobs (median of %d, alternating)" % (jobs, rounds))
     print("   condor_submit of the equivalent file: %.3fs" % m(times["condor_submit"]))

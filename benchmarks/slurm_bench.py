@@ -27,6 +27,8 @@ sys.path.insert(0, REPO)
 
 from tests.servers import SeaweedFS  # noqa: E402
 
+from _sidebyside import alternate  # noqa: E402  (benchmarks/, this script's directory)
+
 SLURM = os.path.join(REPO, "scripts", "slurm-sandbox")
 CONDOR = os.path.join(REPO, "scripts", "condor-sandbox")
 STATE = os.environ.get("PJ_SLURM_SANDBOX", "/var/tmp/persistjob-slurm")
@@ -56,18 +58,19 @@ def pj(*args, extra=None, cwd=None):
 def bench_submit(jobs, rounds, work):
     script = pj("submit", "--scheduler", "slurm", "--dry-run", "--store", "s3://bench/submit", "--count", str(jobs),
                 "--name", "subbench", "--output-dir", work, "--", "/bin/true", extra=CREDS).stdout
-    times = {"persistjob": [], "sbatch": []}
     hold = dict(CREDS, SBATCH_HOLD="1")
-    for r in range(rounds):
-        for mode in (("persistjob", "sbatch") if r % 2 == 0 else ("sbatch", "persistjob")):
-            t = time.perf_counter()
-            if mode == "sbatch":
-                run(["sbatch", "--parsable"], extra=hold, stdin=script)
-            else:
-                pj("submit", "--scheduler", "slurm", "--store", "s3://bench/submit", "--count", str(jobs),
-                   "--name", "subbench", "--output-dir", work, "--", "/bin/true", extra=hold)
-            times[mode].append(time.perf_counter() - t)
-            run(["scancel", "--name", "subbench"], check=False)
+
+    def measure(mode):
+        t = time.perf_counter()
+        if mode == "sbatch":
+            run(["sbatch", "--parsable"], extra=hold, stdin=script)
+        else:
+            pj("submit", "--scheduler", "slurm", "--store", "s3://bench/submit", "--count", str(jobs),
+               "--name", "subbench", "--output-dir", work, "--", "/bin/true", extra=hold)
+        return time.perf_counter() - t
+
+    times = alternate(rounds, ("persistjob", "sbatch"), measure,
+                      after=lambda: run(["scancel", "--name", "subbench"], check=False))
     m = statistics.median
     print("submit %d persistent jobs (median of %d, alternating; both one array)" % (jobs, rounds))
     print("   sbatch of the same script:          %.3fs" % m(times["sbatch"]))
