@@ -168,7 +168,7 @@ class Wrapper:
         self.ws = self.repo.workspace(ckdir, chunk_size=o.chunk_size, workers=o.workers, cancel=self._cancelled,
                                       codec=o.codec)
         self.payload = Payload(exe, o.payload[1:], ckdir, self.signals.wait)
-        self.mode = make_mode(self.payload, o, ckdir)
+        self.mode = make_mode(self.payload, o, ckdir, self.environ)
         set_child_subreaper()
         self.signals.install()
         # 2. claim (on a store that can fence: checked first)

@@ -47,8 +47,9 @@ class Mode:
     #: Whether the wrapper checkpoints every --interval (else only when the payload exits 85).
     periodic = True
 
-    def __init__(self, payload: Payload, opts: RunOptions, ckdir: str) -> None:
+    def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> None:
         self.payload, self.opts, self.ckdir = payload, opts, ckdir
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ  # the run's environment
 
     def payload_env(self) -> Dict[str, str]:
         return {}
@@ -140,11 +141,11 @@ class CriuMode(Mode):
     IMAGES = ".persistjob-criu"
     OUT, ERR = ".persistjob-payload.out", ".persistjob-payload.err"
 
-    def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> None:
         from .criu import Criu, find_criu
 
-        super().__init__(payload, opts, ckdir)
-        self.criu = Criu(find_criu(environ), os.path.dirname(ckdir))
+        super().__init__(payload, opts, ckdir, environ)
+        self.criu = Criu(find_criu(self.environ), os.path.dirname(ckdir))
         self.images = os.path.join(ckdir, self.IMAGES)
 
     @staticmethod
@@ -210,8 +211,8 @@ MODES: Dict[str, Type[Mode]] = {m.name: m for m in (FreezeMode, SignalMode, Exit
 assert tuple(MODES) == MODE_NAMES, "persistjob.options.MODE_NAMES lists the modes of this module"
 
 
-def make_mode(payload: Payload, opts: RunOptions, ckdir: str) -> Mode:
-    return MODES[opts.mode](payload, opts, ckdir)
+def make_mode(payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> Mode:
+    return MODES[opts.mode](payload, opts, ckdir, environ)
 
 
 def checkpoint_dir(opts: RunOptions, job_id: str) -> str:
