@@ -178,6 +178,7 @@ class Wrapper:
             raise TryLater("storage unreachable after %.0fs of retries (%s); not starting fresh" % (o.storage_timeout, exc)) from None
         except Fenced:
             log.info("fenced: another instance claimed job %s at the same moment; exiting without writing", self.job_id)
+            self._note_fenced("another instance claimed the job at the same moment")
             return X.EXIT_TEMPFAIL
         self.info = RunInfo(self.job_id, mine.run, mine.seq, host_name(), host_and_slot(self.environ), os.getpid(),
                             time.time(), generation=mine.generation)
@@ -349,13 +350,17 @@ class Wrapper:
         self.payload.kill_everything()
         log.info("fenced: %s; job %s is owned by another instance; stopping without writing", why, self.job_id)
         self.telemetry({C.ATTR_LAST_ERROR: "fenced: %s" % why})
-        # A note beside the log (never in it) lets `persistjob status` flag FENCED.
+        self._note_fenced(why)
+        return X.EXIT_TEMPFAIL
+
+    def _note_fenced(self, why: str) -> None:
+        """A note beside the log (never in it) lets `persistjob status` count and flag refusals."""
+        assert self.store is not None and self.repo is not None
         try:
             self.store.deadline = time.monotonic() + 10
             self.repo.note_fenced(why)
         except StorageError:
             pass
-        return X.EXIT_TEMPFAIL
 
     def _end(self, code: int, reason: str, crash_streak: Optional[int] = None, lost: bool = False) -> int:
         assert self.info is not None and self.payload is not None

@@ -19,6 +19,7 @@ from ..checkpoint import Checkpointer, ChunkStore, Snapshot, Stats
 from ..codec import Entry, decode_chunk, decode_manifest, encode_manifest
 from ..errors import (
     ConfigError,
+    Fenced,
     IntegrityError,
     JobRemoved,
     NoIntactGeneration,
@@ -61,6 +62,10 @@ def retained_after(new: Generation, old: Iterable[Generation], keep: int, drop: 
     dropped = set(drop)
     out = [new] + [r for r in old if r[1] != new[1] and r[1] not in dropped]
     return tuple(out[:max(1, keep)])
+
+
+#: How often a claim that lost the race for the next log record to a commit or an end record tries again.
+CLAIM_ATTEMPTS = 5
 
 
 # Size: one job's stored state has one owner: every operation on it (a run's claim, restore, commit and
@@ -128,7 +133,7 @@ class JobRepo:
 
     # ------------------------------------------------------------------ a run
     def claim(self) -> Record:
-        """Take the job: append a claim record (Fenced when another instance took the same slot).
+        """Take the job: append a claim record (Fenced when another start claimed it at the same moment).
 
         A run that vanished without an end record (its claim or a commit is still the newest record:
         its node or starter was killed) is counted as lost, not in the crash streak, which only the payload's own
@@ -136,12 +141,22 @@ class JobRepo:
         """
         head = self.head()  # first: a missing bucket or bad credentials are told by a read
         self.check_fencing()
-        if head.kind == "removed":
-            raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again"
-                             % (self.job_id, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(head.data.get("time", 0)))))
-        lost = head.lost + (1 if head.kind in ("claim", "commit") else 0)  # the last run wrote no end record
-        self.mine = self.log.append(head, "claim", run=head.run + 1, lost=lost,
-                                    data={"host": host_name(), "pid": os.getpid()})
+        for attempt in range(CLAIM_ATTEMPTS):
+            if head.kind == "removed":
+                raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again" % (
+                    self.job_id, time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(head.data.get("time", 0)))))
+            lost = head.lost + (1 if head.kind in ("claim", "commit") else 0)  # the last run wrote no end record
+            try:
+                self.mine = self.log.append(head, "claim", run=head.run + 1, lost=lost,
+                                            data={"host": host_name(), "pid": os.getpid()})
+                break
+            except Fenced:
+                # Losing to another claim means a newer start owns the job.  Losing to a commit or an end
+                # record means the instance this start replaces was still writing: the scheduler started
+                # this one, so it takes over (a bounded number of times).
+                head = self.head()
+                if head.kind == "claim" or attempt == CLAIM_ATTEMPTS - 1:
+                    raise
         if self.mine.retained:
             self.retained = self.mine.retained
         elif self.mine.manifest:

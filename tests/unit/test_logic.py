@@ -311,3 +311,44 @@ def test_an_adopted_child_reports_its_own_exit_status():
         child.wait(timeout=0.1)
     os.kill(pid, signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL and child.poll() == -signal.SIGKILL
+
+
+def _racing_backend(tmp_path, racer_kinds):
+    """A file store where, before each of the first claims' creates of the next record, another
+    instance writes a record of the given kind there first."""
+    from persistjob.repo.log import JobLog
+
+    b = get_backend("file://%s" % tmp_path)
+    other = JobLog(get_backend("file://%s" % tmp_path), "job#race")
+    real = b.put_if_absent
+    pending = list(racer_kinds)
+
+    def put_if_absent(key, data):
+        if pending and "/log/" in key:
+            other.append(other.head(), pending.pop(0))
+        return real(key, data)
+    b.put_if_absent = put_if_absent
+    return b, other
+
+
+def test_a_claim_that_loses_to_the_old_owners_commit_takes_over(tmp_path):
+    """The scheduler started this instance: a commit by the instance it replaces is no reason to give up."""
+    from persistjob.repo import JobRepo
+
+    b, other = _racing_backend(tmp_path, [])
+    other.append(other.head(), "claim", run=1)
+    b2, _ = _racing_backend(tmp_path, ["commit", "commit"])
+    repo = JobRepo(b2, "job#race")
+    repo.check_fencing = lambda: None
+    mine = repo.claim()
+    assert (mine.kind, mine.seq, mine.run, mine.lost) == ("claim", 4, 2, 1)
+
+
+def test_a_claim_that_loses_to_another_claim_is_fenced(tmp_path):
+    from persistjob.repo import JobRepo
+
+    b, _ = _racing_backend(tmp_path, ["claim"])
+    repo = JobRepo(b, "job#race")
+    repo.check_fencing = lambda: None
+    with pytest.raises(E.Fenced):
+        repo.claim()
