@@ -19,6 +19,8 @@ from .identity import parse_duration, parse_size
 
 #: The ways a payload's state is made consistent (persistjob.worker.modes has one class each).
 MODE_NAMES = ("freeze", "signal", "exit-code", "criu")
+#: The modes whose restore can fail after the files restored intact, so that --criu-cold-start means something.
+COLD_START_MODES = ("criu",)
 
 
 def format_duration(seconds: float) -> str:
@@ -69,6 +71,7 @@ class Opt(NamedTuple):
     help: str
     metavar: Optional[str] = None
     choices: Optional[Tuple[str, ...]] = None
+    switch: bool = False  # a flag without a value (default False)
 
     @property
     def flag(self) -> str:
@@ -76,6 +79,15 @@ class Opt(NamedTuple):
 
 
 _dur, _fdur = parse_duration, format_duration
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError("expected true or false, not %r" % text)
 
 RUN_OPTIONS: Tuple[Opt, ...] = (
     Opt("store", None, str, str, "file:///path, s3://bucket/prefix[?endpoint=...], root://..., davs://...", "URL"),
@@ -97,6 +109,8 @@ RUN_OPTIONS: Tuple[Opt, ...] = (
     Opt("workers", 8, int, str, "parallel transfers (default 8)"),
     Opt("codec", C.DEFAULT_CODEC, str, str, "compression of what is stored: zlib (default: any Python restores it) or "
         "zstd (faster, needs the zstandard module wherever the job restores)", choices=C.CODECS),
+    Opt("criu_cold_start", False, parse_bool, str, "criu mode: when no retained generation's images restore, start "
+        "the payload anew instead of holding the job", switch=True),
 )
 _BY_DEST = {o.dest: o for o in RUN_OPTIONS}
 
@@ -135,6 +149,7 @@ class RunOptions:
     gc_grace: float
     workers: int
     codec: str
+    criu_cold_start: bool
 
     def __init__(self, payload: Sequence[str], **values: Any) -> None:
         unknown = set(values) - set(_BY_DEST)
@@ -161,6 +176,8 @@ class RunOptions:
             raise ConfigError("unknown codec %r (choose %s)" % (self.codec, " or ".join(C.CODECS)))
         if not 4096 <= self.chunk_size <= (64 << 20):
             raise ConfigError("--chunk-size must be between 4k and 64M")
+        if self.criu_cold_start and self.mode not in COLD_START_MODES:
+            raise ConfigError("--criu-cold-start applies to --mode criu only")
 
     def values(self) -> Dict[str, Any]:
         return {o.dest: getattr(self, o.dest) for o in RUN_OPTIONS}
@@ -178,6 +195,9 @@ def add_run_options(p: argparse.ArgumentParser, skip: Iterable[str] = (), match_
         if o.dest in skip:
             continue
         kind: Callable[[str], Any] = o.parse
+        if o.switch:
+            g.add_argument(o.flag, dest=o.dest, action="store_const", const=True, default=None, help=o.help)
+            continue
         if o.dest in late:
             kind = (lambda parse: lambda text: text if is_match_time(text) else parse(text))(o.parse)
         g.add_argument(o.flag, dest=o.dest, type=kind, default=None, choices=o.choices, metavar=o.metavar,
@@ -210,6 +230,9 @@ def run_argv(values: Mapping[str, Any], always: Iterable[str] = ()) -> List[str]
         else:
             continue
         if o.dest not in always and not is_match_time(v) and coerce(o.dest, v) == o.default:
+            continue
+        if o.switch:
+            out += [o.flag] if coerce(o.dest, v) else []
             continue
         out += [o.flag, v if is_match_time(v) else o.render(coerce(o.dest, v))]
     return out

@@ -31,6 +31,7 @@ from . import constants as C
 from . import contract as X
 from .codec import check_codec
 from .errors import (
+    ConfigError,
     Fenced,
     IntegrityError,
     NoIntactGeneration,
@@ -198,13 +199,22 @@ class Wrapper:
     def _restore(self) -> int:
         assert self.info is not None
         try:
-            restored = self.repo.restore(self.ws)
+            restored = self.repo.restore(self.ws, accept=self.mode.accept_restore)
         except StorageUnavailable as exc:
             raise TryLater("storage unreachable during restore (%s); not starting fresh" % exc) from None
         except NoIntactGeneration as exc:
             self.info.fallbacks = list(getattr(exc, "fallbacks", []))
+            if self.opts.criu_cold_start:
+                log.warning("restore: no retained generation restored (%s); --criu-cold-start: the payload starts "
+                            "anew in an empty directory", exc.message)
+                self.mode.cold_start()
+                self.info.reason = "cold start: no generation restored"
+                return 0
             self.info.reason = "no intact generation"
             self._put_run("failed")
+            raise
+        except ConfigError as exc:  # this node cannot use the generation (criu: its CPU): held, nothing falls back
+            self._end(exc.exit_code, exc.message)
             raise
         self.info.fallbacks = restored.fallbacks
         self.info.restored_generation = restored.generation

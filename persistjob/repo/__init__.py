@@ -189,13 +189,15 @@ class JobRepo:
         """A checkpoint directory bound to this job's chunks."""
         return Checkpointer(self.chunks, root, **kw)
 
-    def restore(self, ws: Checkpointer, generation: Optional[int] = None, fallback: bool = True) -> Restored:
+    def restore(self, ws: Checkpointer, generation: Optional[int] = None, fallback: bool = True,
+                accept: Optional[Callable[[int], None]] = None) -> Restored:
         """Restore into ``ws`` the newest retained generation (or the one asked for).
 
-        A generation that fails verification is passed over for the previous retained one when
-        ``fallback`` is true (each one named in the result), else it is refused.  When none restores
-        intact: :class:`NoIntactGeneration` — never a silent fresh start.  Nothing committed yet:
-        generation 0 and the directory left as it is.
+        A generation that fails verification, or that ``accept`` (called with its files in place)
+        rejects with an IntegrityError, is passed over for the previous retained one when ``fallback``
+        is true (each one named in the result), else it is refused.  When none restores intact:
+        :class:`NoIntactGeneration` — never a silent fresh start.  Nothing committed yet: generation 0
+        and the directory left as it is.
         """
         if generation is not None:
             candidates: List[Generation] = [self.pick(generation)]
@@ -209,6 +211,8 @@ class JobRepo:
             try:
                 entries, _meta = self.manifest(mid, stats)
                 ws.restore(entries, stats)
+                if accept is not None:
+                    accept(gen)
             except IntegrityError as exc:
                 fallbacks.append({"generation": gen, "manifest": mid, "error": str(exc)})
                 if not fallback:

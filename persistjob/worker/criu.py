@@ -24,9 +24,13 @@ MIN_MAJOR = 4
 
 
 class CriuFailed(PersistJobError):
-    """A dump or restore failed; the message ends with criu's own last error line."""
+    """A dump or restore failed; the message ends with criu's own first error line."""
 
     exit_code = 78
+
+
+class CannotRunHere(ConfigError):
+    """This node cannot run the images (its CPU lacks features they use): held, nothing falls back."""
 
 
 def _major(exe: str) -> int:
@@ -84,6 +88,7 @@ def _last_error(logfile: str) -> str:
 class Criu:
     def __init__(self, exe: str, logdir: str) -> None:
         self.exe, self.logdir = exe, logdir
+        shutil.rmtree(os.path.join(logdir, "cpuinfo"), ignore_errors=True)  # this run's node, not an earlier one's
 
     def dump(self, pid: int, images: str, leave_running: bool) -> None:
         """Dump the tree rooted at ``pid`` into ``images`` (emptied first); without ``leave_running``
@@ -97,6 +102,32 @@ class Criu:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise CriuFailed("criu dump of pid %d failed: %s" % (pid, _last_error(logfile)))
+        # criu restore does not compare CPUs by itself: keep this node's CPU features beside the images
+        shutil.copyfile(self._cpuinfo(), os.path.join(images, "cpuinfo.img"))
+
+    def _cpuinfo(self) -> str:
+        """This node's ``criu cpuinfo dump``, made once per run."""
+        where = os.path.join(self.logdir, "cpuinfo")
+        if not os.path.exists(os.path.join(where, "cpuinfo.img")):
+            os.makedirs(where, exist_ok=True)
+            logfile = os.path.join(self.logdir, "criu-cpuinfo-dump.log")
+            r = subprocess.run([self.exe, "cpuinfo", "dump", "-D", where, "-o", logfile], capture_output=True,
+                               text=True, timeout=60)
+            if r.returncode != 0:
+                raise CriuFailed("criu cpuinfo dump failed: %s" % _last_error(logfile))
+        return os.path.join(where, "cpuinfo.img")
+
+    def check_cpu(self, images: str) -> None:
+        """CannotRunHere when this node's CPU lacks features the images were dumped with."""
+        if not os.path.exists(os.path.join(images, "cpuinfo.img")):
+            return
+        logfile = os.path.join(self.logdir, "criu-cpuinfo-check.log")
+        r = subprocess.run([self.exe, "cpuinfo", "check", "-D", images, "-o", logfile], capture_output=True,
+                           text=True, timeout=60)
+        if r.returncode != 0:
+            raise CannotRunHere("--mode criu: this node's CPU cannot run the job's images (criu cpuinfo check: %s); "
+                                "the job's generations are kept: run it on a node like the one that dumped them"
+                                % _last_error(logfile))
 
     def restore(self, images: str) -> int:
         """Restore the tree as a child of this process; its root's pid."""

@@ -22,13 +22,16 @@ looked at.  A new mode (a transparent one, say) is one more class in :data:`MODE
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import time
 from typing import Callable, Dict, Mapping, NamedTuple, Optional, Type
 
 from .. import constants as C
 from ..contract import EXIT_CHECKPOINTED, EXIT_DONE
+from ..errors import IntegrityError
 from ..options import MODE_NAMES, RunOptions
+from .criu import Criu, CriuFailed, find_criu
 from .payload import Payload
 
 log = logging.getLogger("persistjob")
@@ -68,6 +71,14 @@ class Mode:
     def start(self, env: Dict[str, str]) -> None:
         """Start the payload (or bring it back)."""
         self.payload.start(env)
+
+    def accept_restore(self, generation: int) -> None:
+        """Called with a restored generation's files in place: an IntegrityError passes it over for the
+        previous retained generation, a ConfigError holds the job."""
+
+    def cold_start(self) -> None:
+        """Prepare a fresh start after no generation restored (only criu mode allows it)."""
+        raise NotImplementedError(self.name)
 
     @staticmethod
     def checkpoint_dir(given: str, job_id: str) -> str:
@@ -142,11 +153,10 @@ class CriuMode(Mode):
     OUT, ERR = ".persistjob-payload.out", ".persistjob-payload.err"
 
     def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> None:
-        from .criu import Criu, find_criu
-
         super().__init__(payload, opts, ckdir, environ)
         self.criu = Criu(find_criu(self.environ), os.path.dirname(ckdir))
         self.images = os.path.join(ckdir, self.IMAGES)
+        self.restored = False  # a tree restored (stopped) by accept_restore, until start() lets it go on
 
     @staticmethod
     def checkpoint_dir(given: str, job_id: str) -> str:
@@ -154,11 +164,35 @@ class CriuMode(Mode):
         # whatever --checkpoint-dir says (a scheduler's scratch directory changes from run to run)
         return os.path.join("/tmp/persistjob-criu", hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
 
+    def accept_restore(self, generation: int) -> None:
+        # the tree is restored here, stopped as it was dumped, so that images criu cannot restore pass the
+        # generation over for the previous one, like damaged chunks do; a CPU that cannot run them holds
+        self.restored = False
+        if not os.path.exists(os.path.join(self.images, "inventory.img")):
+            return  # committed after the payload had ended: it starts anew
+        self.criu.check_cpu(self.images)
+        os.chmod(self.ckdir, 0o700)
+        try:
+            pid = self.criu.restore(self.images)
+        except CriuFailed as exc:
+            raise IntegrityError("its CRIU images do not restore: %s" % exc.message) from None
+        self.payload.adopt(pid)  # ours from now on: a stop before start() dumps it again
+        self.restored = True
+
+    def cold_start(self) -> None:
+        """--criu-cold-start after no generation restored: the payload starts anew in an empty directory."""
+        self.restored = False
+        for name in os.listdir(self.ckdir):
+            path = os.path.join(self.ckdir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
     def start(self, env: Dict[str, str]) -> None:
         os.chmod(self.ckdir, 0o700)  # CRIU checks the mode of the cwd it reopens; a restored directory is 0700
-        if os.path.exists(os.path.join(self.images, "inventory.img")):
-            pid = self.criu.restore(self.images)
-            self.payload.adopt(pid)
+        if self.restored:
+            self.restored = False
             self.payload.thaw()  # dumped while stopped: it comes back stopped
             return
         out = open(os.path.join(self.ckdir, self.OUT), "a")

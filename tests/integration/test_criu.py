@@ -140,3 +140,116 @@ def test_mode_criu_without_a_usable_criu_is_a_configuration_error(tmp_path):
     assert r.returncode == 78 and r.stderr.strip().splitlines()[-1].startswith("persistjob: error: --mode criu: no usable criu")
     assert "Traceback" not in r.stderr
     assert JobLog(store.backend(), "nocriu").head().run == 0, "nothing was claimed"
+
+
+def _commit_altered(store, job, tmp_path, change, keep=3):
+    """What a broken dump or a node with other CPU features would have left: the job's newest generation,
+    its images changed by ``change``, committed as a new generation (by this test, as a run of the job)."""
+    from persistjob.repo import JobRepo
+
+    repo = JobRepo(store.backend(), job, keep=keep)
+    repo.claim()
+    root = tmp_path / ("altered-%s" % os.urandom(3).hex())
+    root.mkdir()
+    ws = repo.workspace(str(root), racy=0)
+    try:
+        repo.restore(ws)
+        change(root / CriuMode.IMAGES)
+        repo.commit(ws, ws.snapshot())
+        repo.end_run(85, "altered by the test")
+    finally:
+        ws.close()
+    return repo.mine.generation
+
+
+def _truncate_core(images):
+    core = images / "core-1.img"
+    core.write_bytes(core.read_bytes()[:40])
+
+
+def _foreign_cpu(images):
+    """cpuinfo.img with xfeatures_mask 0x7f (AVX-512 state among them): field 8 of the x86 entry."""
+    path = images / "cpuinfo.img"
+    data = bytearray(path.read_bytes())
+    msg = 12 + 2  # magic (8), entry length (4), then field 1 (x86_entry): tag and a one-byte length
+    end, i = msg + data[msg - 1], msg
+    while i < end:
+        tag = data[i]
+        i += 1
+        if tag & 7 == 0:  # varint
+            if tag >> 3 == 8:
+                assert data[i] < 0x80, "a one-byte xfeatures_mask"
+                data[i] = 0x7f
+                path.write_bytes(bytes(data))
+                return
+            while data[i] & 0x80:
+                i += 1
+            i += 1
+        elif tag & 7 == 2:  # length-delimited
+            i += 1 + data[i]
+        else:
+            raise AssertionError("unexpected wire type in cpuinfo.img")
+    raise AssertionError("no xfeatures_mask in cpuinfo.img")
+
+
+def _run_record(store, job, run):
+    return [r for r in JobLog(store.backend(), job).runs() if r["run"] == run][0]
+
+
+def test_mode_criu_images_that_do_not_restore_fall_back_to_the_previous_generation(criu, tmp_path):
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    job = "criu-damaged-" + os.urandom(4).hex()
+    env = {"PERSISTJOB_CRIU": criu}
+    first = _run(store, job, payload, env)
+    assert first.returncode == 85, first.stderr[-2000:]
+    good = JobLog(store.backend(), job).head().generation
+    damaged = _commit_altered(store, job, tmp_path, _truncate_core)
+    second = _run(store, job, payload, env)
+    assert second.returncode == 85, second.stderr[-3000:]
+    rec = _run_record(store, job, 3)
+    assert rec["restored_generation"] == good and [f["generation"] for f in rec["fallbacks"]] == [damaged], rec
+    assert "CRIU images do not restore" in rec["fallbacks"][0]["error"], rec
+    assert _counts(job) == list(range(1, len(_counts(job)) + 1)), "restored from the previous generation, no restart"
+
+
+def test_mode_criu_images_from_a_cpu_this_node_lacks_hold_the_job_without_fallback_or_cold_start(criu, tmp_path):
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    job = "criu-cpu-" + os.urandom(4).hex()
+    env = {"PERSISTJOB_CRIU": criu}
+    assert _run(store, job, payload, env).returncode == 85
+    foreign = _commit_altered(store, job, tmp_path, _foreign_cpu)
+    for extra in ((), ("--criu-cold-start",)):
+        r = _run(store, job, payload, env, *extra)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 78 and "this node's CPU cannot run the job's images" in last, r.stderr[-2000:]
+        assert "unsupported bits" in last and "Traceback" not in r.stderr
+        head = JobLog(store.backend(), job).head()
+        assert (head.kind, head.data["exit_code"], head.generation) == ("end", 78, foreign), head
+    assert _counts(job)[-1] < 400, "the payload never ran on from scratch"
+
+
+def test_mode_criu_cold_start_only_when_asked(criu, tmp_path):
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    job = "criu-cold-" + os.urandom(4).hex()
+    env = {"PERSISTJOB_CRIU": criu}
+    assert _run(store, job, payload, env, "--keep", "1").returncode == 85
+    before = _counts(job)
+    _commit_altered(store, job, tmp_path, _truncate_core, keep=1)  # with --keep 1, the only retained generation
+    held = _run(store, job, payload, env, "--keep", "1")
+    assert held.returncode == 78 and "none of the 1 retained generations restored intact" in held.stderr, held.stderr
+    cold = _run(store, job, payload, env, "--keep", "1", "--criu-cold-start")
+    assert cold.returncode == 85 and "--criu-cold-start: the payload starts anew" in cold.stderr, cold.stderr[-2000:]
+    after = _counts(job)
+    assert before[-1] > 5 and after[0] == 1 and after == list(range(1, len(after) + 1)), "started anew, not restored"
+
+
+def _run(store, job, payload, env, *extra):
+    cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
+           "--lifetime", "3s", "--interval", "1s", *extra, "--", sys.executable, str(payload), "400", "10", "0"]
+    return subprocess.run(cmd, env=clean_env(env), capture_output=True, text=True, timeout=300)

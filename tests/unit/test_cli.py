@@ -7,6 +7,7 @@ import pytest
 from persistjob import cli
 from persistjob.options import RUN_OPTIONS, RunOptions, given, run_argv, run_options
 from persistjob.errors import reason_from_stderr as _last_error
+from persistjob.errors import ConfigError
 
 
 def run_main(capsys, *argv):
@@ -75,6 +76,17 @@ def test_run_options_from_cli():
     assert o.checkpoint_signal == signal.SIGUSR2
     assert run_argv(o.values()) == ["--store", "file:///s", "--lifetime", "2h", "--interval", "10m", "--mode", "signal",
                                     "--chunk-size", "256k", "--checkpoint-signal", "USR2"]
+
+
+def test_a_switch_option_is_forwarded_as_a_bare_flag_and_checked():
+    for verb in (["run"], ["local", "--max-runs", "2"], ["submit"]):
+        a = cli.build_parser().parse_args(verb + ["--store", "file:///s", "--mode", "criu", "--criu-cold-start"])
+        o = run_options(a, ["payload"])
+        assert o.criu_cold_start is True
+        assert run_argv(o.values()) == ["--store", "file:///s", "--mode", "criu", "--criu-cold-start"]
+    assert "--criu-cold-start" not in run_argv(RunOptions(["x"], store="file:///s", mode="criu").values())
+    with pytest.raises(ConfigError, match="--criu-cold-start applies to --mode criu only"):
+        RunOptions(["x"], store="file:///s", criu_cold_start=True)
 
 
 def test_run_options_are_declared_once():
