@@ -150,6 +150,8 @@ class Wrapper:
         finally:
             if self.payload is not None:
                 self.payload.kill_everything()
+            if getattr(self, "mode", None) is not None:
+                self.mode.release()
             if self.ws is not None:
                 self.ws.close()
             self.signals.restore()
@@ -187,6 +189,10 @@ class Wrapper:
         log.addHandler(self._run_log)
         log.info("claim: job %s run %d (log record %d, key %s) on %s", self.job_id, mine.run, mine.seq,
                  self.repo.key[:12], host_name())
+        try:
+            self.mode.after_claim()
+        except TryLater as exc:
+            return self._end(exc.exit_code, exc.message)
         # 3. restore
         generation = self._restore()
         self._put_run("running")

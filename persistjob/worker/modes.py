@@ -19,17 +19,18 @@ looked at.  A new mode (a transparent one, say) is one more class in :data:`MODE
   says: CRIU reopens files and the working directory by path.
 """
 
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import signal
 import time
-from typing import Callable, Dict, Mapping, NamedTuple, Optional, Type
+from typing import IO, Callable, Dict, Mapping, NamedTuple, Optional, Type
 
 from .. import constants as C
 from ..contract import EXIT_CHECKPOINTED, EXIT_DONE
-from ..errors import IntegrityError
+from ..errors import IntegrityError, TryLater
 from ..options import MODE_NAMES, RunOptions
 from .criu import Criu, CriuFailed, find_criu
 from .payload import Payload
@@ -71,6 +72,12 @@ class Mode:
     def start(self, env: Dict[str, str]) -> None:
         """Start the payload (or bring it back)."""
         self.payload.start(env)
+
+    def after_claim(self) -> None:
+        """Called once this run owns the job in the store, before its restore (TryLater: not now)."""
+
+    def release(self) -> None:
+        """The run is over (called last, whatever happened)."""
 
     def accept_restore(self, generation: int) -> None:
         """Called with a restored generation's files in place: an IntegrityError passes it over for the
@@ -157,12 +164,61 @@ class CriuMode(Mode):
         self.criu = Criu(find_criu(self.environ), os.path.dirname(ckdir))
         self.images = os.path.join(ckdir, self.IMAGES)
         self.restored = False  # a tree restored (stopped) by accept_restore, until start() lets it go on
+        self._lock: Optional[IO[str]] = None  # held for the run: this job's directory on this node
 
     @staticmethod
     def checkpoint_dir(given: str, job_id: str) -> str:
         # CRIU reopens the payload's files and cwd by path: the same path at every run on every node,
         # whatever --checkpoint-dir says (a scheduler's scratch directory changes from run to run)
         return os.path.join("/tmp/persistjob-criu", hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
+
+    def after_claim(self) -> None:
+        """The checkpoint directory is one fixed path per job on a node: an older instance of the job on this
+        node (a disconnected starter, a wrapper the scheduler lost) still has its tree there.  This run's
+        claim has superseded it in the store; its tree is ended here before the restore replaces the
+        directory under it, and its wrapper, fenced, lets the lock go."""
+        base = os.path.dirname(self.ckdir)
+        self._lock = open(os.path.join(base, "lock"), "a+")
+        if self._try_lock():
+            return self._write_lock()
+        self._lock.seek(0)
+        held = dict(part.split("=", 1) for part in self._lock.read().split() if "=" in part)
+        wrapper, tree = int(held.get("wrapper", 0) or 0), int(held.get("payload", 0) or 0)
+        log.warning("criu: an older instance of this job still runs on this node (wrapper pid %d, payload pid %d); "
+                    "this claim superseded it: ending its payload", wrapper, tree)
+        for pid, wait in ((tree, 30.0), (wrapper, 10.0)):
+            if pid > 1 and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)  # the tree's init: its whole PID namespace goes with it
+                except OSError:
+                    pass
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                if self._try_lock():
+                    return self._write_lock()
+                time.sleep(0.1)
+        raise TryLater("criu: an older instance of this job on this node (wrapper pid %d) still holds %s" % (wrapper, base))
+
+    def _try_lock(self) -> bool:
+        assert self._lock is not None
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
+
+    def _write_lock(self, payload: int = 0) -> None:
+        if self._lock is None:
+            return
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write("wrapper=%d payload=%d\n" % (os.getpid(), payload))
+        self._lock.flush()
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # the lock goes with the descriptor
+            self._lock = None
 
     def accept_restore(self, generation: int) -> None:
         # the tree is restored here, stopped as it was dumped, so that images criu cannot restore pass the
@@ -178,6 +234,7 @@ class CriuMode(Mode):
             raise IntegrityError("its CRIU images do not restore: %s" % exc.message) from None
         self.payload.adopt(pid)  # ours from now on: a stop before start() dumps it again
         self.restored = True
+        self._write_lock(pid)
 
     def cold_start(self) -> None:
         """--criu-cold-start after no generation restored: the payload starts anew in an empty directory."""
@@ -204,6 +261,7 @@ class CriuMode(Mode):
             out.close()
             err.close()
         self.payload.group_pid = self._init_pid()
+        self._write_lock(self.payload.group_pid or 0)
 
     def _init_pid(self) -> Optional[int]:
         """The payload's host pid: the child of unshare (init of the new PID namespace)."""

@@ -253,3 +253,36 @@ def _run(store, job, payload, env, *extra):
     cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
            "--lifetime", "3s", "--interval", "1s", *extra, "--", sys.executable, str(payload), "400", "10", "0"]
     return subprocess.run(cmd, env=clean_env(env), capture_output=True, text=True, timeout=300)
+
+
+def test_mode_criu_two_instances_on_one_node_only_the_newest_commits(criu, tmp_path):
+    """Both use the job's one checkpoint directory on this node: the newer one's claim supersedes the older in
+    the store, ends the older one's tree before its restore replaces the directory, and goes on from the
+    last commit; the older one, fenced, exits 75; no commit after the newer claim is the older one's."""
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    store = Store("file", "file://%s" % (tmp_path / "store"), {})
+    job = "criu-two-" + os.urandom(4).hex()
+    env = clean_env({"PERSISTJOB_CRIU": criu})
+    cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
+           "--interval", "1s", "--lease-check", "1s"]
+    log = JobLog(store.backend(), job)
+    old = subprocess.Popen(cmd + ["--lifetime", "10m", "--", sys.executable, str(payload), "100000", "20", "0"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: log.head().generation >= 2, 120, "the first instance to commit")
+        new = subprocess.run(cmd + ["--lifetime", "4s", "--", sys.executable, str(payload), "100000", "20", "0"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert old.wait(timeout=120) == 75, old.stderr.read()[-2000:]
+    finally:
+        if old.poll() is None:
+            old.kill()
+    assert new.returncode == 85, new.stderr[-3000:]
+    assert "an older instance of this job still runs on this node" in new.stderr
+    recs = sorted(log.records(), key=lambda r: r.seq)
+    claim = [r for r in recs if r.kind == "claim"][-1]
+    assert claim.data["pid"] != old.pid
+    later = [r for r in recs if r.seq > claim.seq and r.kind == "commit"]
+    assert later and all(r.data["pid"] == claim.data["pid"] for r in later), [(r.seq, r.kind, r.data["pid"]) for r in recs]
+    counts = _counts(job)
+    assert counts == list(range(1, len(counts) + 1)), "the newer instance went on from the last commit, no gap, no rerun"
