@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import List, Mapping, Optional
+from typing import List, Mapping, Optional, Tuple
 
 from ..errors import ConfigError, PersistJobError
 
@@ -54,10 +54,10 @@ def _check(exe: str) -> Optional[str]:
     return lines[-1] if lines else "exit %d" % r.returncode
 
 
-def find_criu(environ: Mapping[str, str]) -> str:
-    """A criu that passes its check, or a ConfigError saying why there is none."""
-    if os.geteuid() != 0:
-        raise ConfigError("--mode criu needs root on the worker (CRIU dumps and restores process trees)")
+def find_criu(environ: Mapping[str, str]) -> Tuple[str, bool]:
+    """A usable criu, and whether it must run unprivileged (in a user namespace: criuns), or a
+    ConfigError saying why there is none."""
+    root = os.geteuid() == 0
     given = environ.get("PERSISTJOB_CRIU")
     candidates: List[str] = [given] if given else []
     on_path = shutil.which("criu", path=environ.get("PATH"))
@@ -65,11 +65,18 @@ def find_criu(environ: Mapping[str, str]) -> str:
         candidates.append(on_path)
     if not given and os.access(PRIVATE, os.X_OK):
         candidates.append(PRIVATE)
+    if not root:
+        from .criuns import usable
+
+        problem = usable(environ)
+        if problem is not None:
+            raise ConfigError("--mode criu needs root, or unprivileged user namespaces to run criu in (%s)" % problem)
     why = []
     for exe in candidates:
-        problem = _check(exe)
+        # `criu check` as a user wants TCP repair, which --unprivileged does not use: the version is the check
+        problem = _check(exe) if root else (None if _major(exe) >= MIN_MAJOR else "not criu %d or newer" % MIN_MAJOR)
         if problem is None:
-            return exe
+            return exe, not root
         why.append("%s: %s" % (exe, problem))
     raise ConfigError("--mode criu: no usable criu (%s); scripts/criu-fetch provides one, or set PERSISTJOB_CRIU"
                       % ("; ".join(why) if why else "none found; criu on PATH must be %d.0 or newer" % MIN_MAJOR))
@@ -86,8 +93,9 @@ def _last_error(logfile: str) -> str:
 
 
 class Criu:
-    def __init__(self, exe: str, logdir: str) -> None:
+    def __init__(self, exe: str, logdir: str, unprivileged: bool = False) -> None:
         self.exe, self.logdir = exe, logdir
+        self.flags = ["--unprivileged"] if unprivileged else []  # in a user namespace (criuns)
         shutil.rmtree(os.path.join(logdir, "cpuinfo"), ignore_errors=True)  # this run's node, not an earlier one's
 
     def dump(self, pid: int, images: str, leave_running: bool) -> None:
@@ -96,7 +104,7 @@ class Criu:
         shutil.rmtree(images, ignore_errors=True)
         os.makedirs(images)
         logfile = os.path.join(self.logdir, "criu-dump.log")
-        cmd = [self.exe, "dump", "-t", str(pid), "-D", images, "-o", logfile]
+        cmd = [self.exe, "dump", "-t", str(pid), "-D", images, "-o", logfile] + self.flags
         if leave_running:
             cmd.append("--leave-running")
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -111,7 +119,7 @@ class Criu:
         if not os.path.exists(os.path.join(where, "cpuinfo.img")):
             os.makedirs(where, exist_ok=True)
             logfile = os.path.join(self.logdir, "criu-cpuinfo-dump.log")
-            r = subprocess.run([self.exe, "cpuinfo", "dump", "-D", where, "-o", logfile], capture_output=True,
+            r = subprocess.run([self.exe, "cpuinfo", "dump", "-D", where, "-o", logfile] + self.flags, capture_output=True,
                                text=True, timeout=60)
             if r.returncode != 0:
                 raise CriuFailed("criu cpuinfo dump failed: %s" % _last_error(logfile))
@@ -122,7 +130,7 @@ class Criu:
         if not os.path.exists(os.path.join(images, "cpuinfo.img")):
             return
         logfile = os.path.join(self.logdir, "criu-cpuinfo-check.log")
-        r = subprocess.run([self.exe, "cpuinfo", "check", "-D", images, "-o", logfile], capture_output=True,
+        r = subprocess.run([self.exe, "cpuinfo", "check", "-D", images, "-o", logfile] + self.flags, capture_output=True,
                            text=True, timeout=60)
         if r.returncode != 0:
             raise CannotRunHere("--mode criu: this node's CPU cannot run the job's images (criu cpuinfo check: %s); "
@@ -138,7 +146,7 @@ class Criu:
         except FileNotFoundError:
             pass
         r = subprocess.run([self.exe, "restore", "-D", images, "-d", "--restore-sibling", "--pidfile", pidfile,
-                            "-o", logfile], capture_output=True, text=True, timeout=600)
+                            "-o", logfile] + self.flags, capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
             raise CriuFailed("criu restore failed: %s" % _last_error(logfile))
         with open(pidfile) as f:

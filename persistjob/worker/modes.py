@@ -26,13 +26,14 @@ import os
 import shutil
 import signal
 import time
-from typing import IO, Callable, Dict, Mapping, NamedTuple, Optional, Type
+from typing import IO, Callable, Dict, Mapping, NamedTuple, Optional, Type, Union
 
 from .. import constants as C
 from ..contract import EXIT_CHECKPOINTED, EXIT_DONE
 from ..errors import IntegrityError, TryLater
 from ..options import MODE_NAMES, RunOptions
 from .criu import Criu, CriuFailed, find_criu
+from .criuns import AgentCriu
 from .payload import Payload
 
 log = logging.getLogger("persistjob")
@@ -154,6 +155,9 @@ class ExitCodeMode(Mode):
         return Quiet(False) if rc in (EXIT_DONE, EXIT_CHECKPOINTED) else None
 
 
+CRIU_ROOT = "/tmp/persistjob-criu"
+
+
 class CriuMode(Mode):
     name = "criu"
     IMAGES = ".persistjob-criu"
@@ -161,7 +165,9 @@ class CriuMode(Mode):
 
     def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__(payload, opts, ckdir, environ)
-        self.criu = Criu(find_criu(self.environ), os.path.dirname(ckdir))
+        exe, self.unprivileged = find_criu(self.environ)
+        self.criu: Union[Criu, AgentCriu] = (AgentCriu(exe, os.path.dirname(ckdir), self.environ) if self.unprivileged
+                                             else Criu(exe, os.path.dirname(ckdir)))
         self.images = os.path.join(ckdir, self.IMAGES)
         self.restored = False  # a tree restored (stopped) by accept_restore, until start() lets it go on
         self._lock: Optional[IO[str]] = None  # held for the run: this job's directory on this node
@@ -170,7 +176,13 @@ class CriuMode(Mode):
     def checkpoint_dir(given: str, job_id: str) -> str:
         # CRIU reopens the payload's files and cwd by path: the same path at every run on every node,
         # whatever --checkpoint-dir says (a scheduler's scratch directory changes from run to run)
-        return os.path.join("/tmp/persistjob-criu", hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
+        # the shared parent is made like /tmp (sticky, everyone's), so that jobs of every user find their place
+        try:
+            os.mkdir(CRIU_ROOT)
+            os.chmod(CRIU_ROOT, 0o1777)
+        except FileExistsError:
+            pass
+        return os.path.join(CRIU_ROOT, hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
 
     def after_claim(self) -> None:
         """The checkpoint directory is one fixed path per job on a node: an older instance of the job on this
@@ -216,6 +228,8 @@ class CriuMode(Mode):
         self._lock.flush()
 
     def release(self) -> None:
+        if isinstance(self.criu, AgentCriu):
+            self.criu.stop()
         if self._lock is not None:
             self._lock.close()  # the lock goes with the descriptor
             self._lock = None
@@ -232,7 +246,11 @@ class CriuMode(Mode):
             pid = self.criu.restore(self.images)
         except CriuFailed as exc:
             raise IntegrityError("its CRIU images do not restore: %s" % exc.message) from None
-        self.payload.adopt(pid)  # ours from now on: a stop before start() dumps it again
+        # ours from now on: a stop before start() dumps it again
+        if isinstance(self.criu, AgentCriu):
+            self.payload.attach(self.criu.proc, pid, restored=True)
+        else:
+            self.payload.adopt(pid)
         self.restored = True
         self._write_lock(pid)
 
@@ -251,6 +269,12 @@ class CriuMode(Mode):
         if self.restored:
             self.restored = False
             self.payload.thaw()  # dumped while stopped: it comes back stopped
+            return
+        if isinstance(self.criu, AgentCriu):
+            proc = self.criu.start([self.payload.exe] + self.payload.args, env, self.ckdir,
+                                   os.path.join(self.ckdir, self.OUT), os.path.join(self.ckdir, self.ERR))
+            self.payload.attach(proc, self.criu.payload_pid, restored=False)
+            self._write_lock(self.criu.payload_pid or 0)
             return
         out = open(os.path.join(self.ckdir, self.OUT), "a")
         err = open(os.path.join(self.ckdir, self.ERR), "a")

@@ -166,6 +166,15 @@ class Payload:
         self.starts += 1
         log.info("payload: started pid %d (%s)", self.proc.pid, " ".join([self.exe] + self.args)[:200])
 
+    def attach(self, proc: Any, group_pid: Optional[int], restored: bool) -> None:
+        """Take as the payload a process started otherwise whose exit status is the payload's (criuns' agent),
+        signalling ``group_pid``'s group."""
+        self.proc = proc
+        self.status = None
+        self.group_pid = group_pid
+        self.starts += 1
+        log.info("payload: %s as pid %s", "restored" if restored else "started", group_pid)
+
     def adopt(self, pid: int) -> None:
         """Take a child that was started otherwise (restored by criu) as the payload."""
         self.proc = Adopted(pid)
