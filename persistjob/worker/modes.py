@@ -166,6 +166,7 @@ class CriuMode(Mode):
     def __init__(self, payload: Payload, opts: RunOptions, ckdir: str, environ: Optional[Mapping[str, str]] = None) -> None:
         super().__init__(payload, opts, ckdir, environ)
         exe, self.unprivileged = find_criu(self.environ)
+        log.info("criu: %s, %s", exe, "unprivileged, in a user namespace of its own" if self.unprivileged else "as root")
         self.criu: Union[Criu, AgentCriu] = (AgentCriu(exe, os.path.dirname(ckdir), self.environ) if self.unprivileged
                                              else Criu(exe, os.path.dirname(ckdir)))
         self.images = os.path.join(ckdir, self.IMAGES)

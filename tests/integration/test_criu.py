@@ -286,3 +286,75 @@ def test_mode_criu_two_instances_on_one_node_only_the_newest_commits(criu, tmp_p
     assert later and all(r.data["pid"] == claim.data["pid"] for r in later), [(r.seq, r.kind, r.data["pid"]) for r in recs]
     counts = _counts(job)
     assert counts == list(range(1, len(counts) + 1)), "the newer instance went on from the last commit, no gap, no rerun"
+
+
+@pytest.fixture
+def nobody_dir():
+    """A directory the unprivileged user can use (pytest's tmp_path is root's alone)."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="pj-criu-nobody-")
+    os.chmod(d, 0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _bundle(where):
+    bundle = os.path.join(where, "persistjob.pyz")
+    built = subprocess.run([sys.executable, "-m", "persistjob", "bundle", "-o", bundle], capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0, built.stderr
+    os.chmod(bundle, 0o644)
+    return bundle
+
+
+def test_mode_criu_without_root_runs_in_a_user_namespace_from_the_bundle(criu, nobody_dir):
+    """A job that is not root, at a site that installed nothing for it: the bundle on the system's python3, as
+    'nobody', with no capabilities; criu and the tree in an unprivileged user namespace. The count kept only in
+    memory goes on across runs and the payload's own exit status (3) ends the job."""
+    bundle = _bundle(nobody_dir)
+    payload = os.path.join(nobody_dir, "count.py")
+    with open(payload, "w") as f:
+        f.write(COUNTER_IN_MEMORY)
+    os.chmod(payload, 0o644)
+    store = Store("file", "file://%s" % os.path.join(nobody_dir, "store"), {})
+    job = "criu-nobody-" + os.urandom(4).hex()
+    cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all",
+           "env", "-i", "PATH=/usr/bin:/bin", "HOME=" + nobody_dir, "PERSISTJOB_CRIU=" + criu,
+           "/usr/bin/python3", bundle, "run", "--job-id", job, "--store", store.url, "--mode", "criu",
+           "--lifetime", "3s", "--interval", "1s", "--", "/usr/bin/python3", payload, "120", "20", "3"]
+    codes = []
+    for _ in range(10):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=nobody_dir)
+        codes.append(r.returncode)
+        assert r.returncode in (85, 1), r.stderr[-3000:]
+        assert "unprivileged, in a user namespace of its own" in r.stderr
+        if r.returncode == 1:
+            assert "payload exited 3" in r.stderr, r.stderr[-2000:]
+            break
+    assert codes[-1] == 1 and len(codes) >= 2, codes
+    runs = sorted(JobLog(store.backend(), job).runs(), key=lambda x: x["run"])
+    assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:])), runs
+    assert _counts(job) == list(range(1, 121)), "restarted instead of restored"
+    ckdir = CriuMode.checkpoint_dir("", job)
+    assert os.stat(ckdir).st_uid == 65534, "made as nobody"
+
+
+def test_mode_criu_without_root_or_user_namespaces_is_refused_in_one_line(criu, nobody_dir):
+    fake = os.path.join(nobody_dir, "bin")
+    os.mkdir(fake)
+    with open(os.path.join(fake, "unshare"), "w") as f:  # what a kernel without user namespaces answers
+        f.write("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    os.chmod(os.path.join(fake, "unshare"), 0o755)
+    os.chmod(fake, 0o755)
+    store = Store("file", "file://%s" % os.path.join(nobody_dir, "store"), {})
+    r = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
+                        "PATH=%s:/usr/bin:/bin" % fake, "PERSISTJOB_CRIU=" + criu, "HOME=" + nobody_dir,
+                        "/usr/bin/python3", _bundle(nobody_dir), "run", "--job-id", "nouserns", "--store", store.url,
+                        "--mode", "criu", "--", "/bin/sleep", "100"], capture_output=True, text=True, timeout=120,
+                       cwd=nobody_dir)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 78 and "Traceback" not in r.stderr, r.stderr
+    assert last == ("persistjob: error: --mode criu needs root, or unprivileged user namespaces to run criu in "
+                    "(unshare: unshare failed: Operation not permitted)"), last
