@@ -158,6 +158,19 @@ class ExitCodeMode(Mode):
 CRIU_ROOT = "/tmp/persistjob-criu"
 
 
+def _descends(pid: int, ancestor: int, depth: int = 5) -> bool:
+    """Whether ``ancestor`` is among ``pid``'s first ``depth`` ancestors (read from /proc)."""
+    for _ in range(depth):
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                pid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        except (OSError, StopIteration, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
 class CriuMode(Mode):
     name = "criu"
     IMAGES = ".persistjob-criu"
@@ -199,7 +212,8 @@ class CriuMode(Mode):
         wrapper, tree = int(held.get("wrapper", 0) or 0), int(held.get("payload", 0) or 0)
         log.warning("criu: an older instance of this job still runs on this node (wrapper pid %d, payload pid %d); "
                     "this claim superseded it: ending its payload", wrapper, tree)
-        for pid, wait in ((tree, 30.0), (wrapper, 10.0)):
+        # the wrapper is alive (it holds the lock); its recorded payload pid is only trusted while it descends from it
+        for pid, wait in ((tree if _descends(tree, wrapper) else 0, 30.0), (wrapper, 10.0)):
             if pid > 1 and pid != os.getpid():
                 try:
                     os.kill(pid, signal.SIGKILL)  # the tree's init: its whole PID namespace goes with it
