@@ -103,7 +103,9 @@ def test_job_runs_three_times_with_one_job_id_resuming_from_s3(cluster, seaweed,
     try:
         gid = cluster.gid(jid)
         wait_for(lambda: len(log_of(seaweed, store, gid).runs()) >= 3, 240, "three runs")
-        wait_for(lambda: "gen=" in cluster.comment(jid), 60, "the generation in the job's comment")
+        # read while the job is queued: once cancelled, squeue forgets it after MinJobAge
+        said = wait_for(lambda: (lambda c: c if "gen=" in c else None)(cluster.comment(jid)), 60,
+                        "the generation in the job's comment")
         job = cluster.job(jid)
         assert int(job["Restarts"]) >= 2 and job["JobId"] == jid
     finally:
@@ -118,7 +120,7 @@ def test_job_runs_three_times_with_one_job_id_resuming_from_s3(cluster, seaweed,
     # each run works in its own scratch directory, never in the shared submit directory
     assert not (tmp_path / "persistjob-checkpoint").exists()
     wait_for(lambda: not glob.glob("/tmp/persistjob-slurm-%s.*" % jid), 60, "the last run to remove its scratch directory")
-    fields = dict(w.split("=", 1) for w in cluster.comment(jid).split()[1:])
+    fields = dict(w.split("=", 1) for w in said.split()[1:])
     assert fields["store"] == store and int(fields["gen"]) >= 1 and fields["name"] == "three"
 
 
