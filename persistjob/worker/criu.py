@@ -1,10 +1,10 @@
 """CRIU for ``--mode criu`` (worker side): find a usable ``criu``, dump a process tree, restore it as
 our child.  The mode itself (when to dump, what to commit) is ``modes.CriuMode``.
 
-criu is found as ``$PERSISTJOB_CRIU``, else ``criu`` on PATH when it is 4.0 or newer, else the private
-one ``scripts/criu-fetch`` leaves in ``/var/cache/persistjob/criu-trixie``; it must pass ``criu check``.
-It needs root (or ``CAP_CHECKPOINT_RESTORE`` + ``CAP_SYS_PTRACE`` on its binary and ``--unprivileged``,
-not supported here yet).  Anything missing is a configuration error (exit 78, one line): the job is
+criu is found as ``$PERSISTJOB_CRIU``, else ``criu`` on PATH or in an sbin directory when it is 4.0 or
+newer, else the private one ``scripts/criu-fetch`` leaves in ``/var/cache/persistjob/criu-trixie``.  As
+root it must pass ``criu check``; a job that is not root runs it ``--unprivileged`` in a user namespace
+of its own (``criuns.py``).  Anything missing is a configuration error (exit 78, one line): the job is
 held with its last good generation kept.
 """
 
@@ -60,7 +60,9 @@ def find_criu(environ: Mapping[str, str]) -> Tuple[str, bool]:
     root = os.geteuid() == 0
     given = environ.get("PERSISTJOB_CRIU")
     candidates: List[str] = [given] if given else []
-    on_path = shutil.which("criu", path=environ.get("PATH"))
+    # criu lives in sbin, often not on a batch job's PATH (HTCondor gives a job none of its own)
+    search = os.pathsep.join(p for p in (environ.get("PATH", ""), "/usr/local/sbin:/usr/sbin:/sbin") if p)
+    on_path = shutil.which("criu", path=search)
     if not given and on_path and _major(on_path) >= MIN_MAJOR:
         candidates.append(on_path)
     if not given and os.access(PRIVATE, os.X_OK):

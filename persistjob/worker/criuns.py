@@ -69,7 +69,9 @@ class AgentCriu:
         if self.proc is None or self.proc.poll() is not None:
             env = dict(self.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in [_package_root(), env.get("PYTHONPATH", "")] if p)
-            self.proc = subprocess.Popen(list(NAMESPACE) + [sys.executable, "-m", "persistjob.worker.criuns",
+            # sys.executable is empty where Python cannot tell its own path (an HTCondor job has no PATH)
+            python = sys.executable or os.readlink("/proc/self/exe")
+            self.proc = subprocess.Popen(list(NAMESPACE) + [python, "-m", "persistjob.worker.criuns",
                                                             self.exe, self.logdir],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
                                          start_new_session=True)

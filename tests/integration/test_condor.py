@@ -527,3 +527,38 @@ def test_status_answers_while_the_store_is_stopped(pool, bucket_store):
         if stopped:
             os.killpg(server.pid, signal.SIGCONT)
         pool.rm(c)
+
+
+def test_mode_criu_job_keeps_its_memory_across_a_vacate(pool, bucket_store):
+    """A payload whose state is only in memory, as an HTCondor job of an ordinary user (no root, no
+    capabilities): criu runs in the job's own user namespace (the pool's daemons are pivot_root'ed, not
+    chrooted, so the kernel allows one). condor_vacate_job mid-run: the final dump is committed, the next
+    start restores the tree, and the count goes on to the end without a gap; the job then leaves the queue."""
+    import hashlib
+
+    root = os.environ.get("PJ_CONDOR_SANDBOX", "/var/cache/persistjob/condor-trixie")
+    c = pool.submit("--store", bucket_store.url, "--mode", "criu", "--lifetime", "10m", "--interval", "1s",
+                    "--vacate-grace", "30s", "--until-done", "--name", "criu",
+                    "--", PY_IN, SRC_IN_CHROOT + "/examples/criu/memory_counter.py", "--finish-at", "600",
+                    outdir=outdir())
+    try:
+        wait_for(lambda: (pool.ad(c, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 2, 180, "commits")
+        gid = pool.ad(c, ["GlobalJobId"])["GlobalJobId"]
+        pool.run("condor_vacate_job", "%d.0" % c)
+        wait_for(lambda: pool.ad(c, ["JobStatus"]) is None, 300, "the job to count to the end and leave the queue")
+    finally:
+        pool.rm(c)
+    runs = sorted(joblog(bucket_store, gid).runs(), key=lambda r: r["run"])
+    assert runs[0]["exit_code"] == 85 and runs[0]["reason"] == "evicted (SIGTERM)", runs[0]
+    assert runs[-1]["exit_code"] == 0 and len(runs) >= 2, runs
+    assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:])), runs
+    work = root + "/tmp/persistjob-criu/%s/work" % hashlib.sha256(gid.encode()).hexdigest()[:16]
+    with open(work + "/.persistjob-payload.out") as f:
+        counts = [int(line.split()[1]) for line in f if line.startswith("count ")]
+    assert counts == list(range(1, 601)), "restored, not restarted: %s..." % counts[:5]
+    assert os.stat(work).st_uid == pool_uid(root), "the job's own user, not root"
+
+
+def pool_uid(root):
+    with open(root + "/etc/passwd") as f:
+        return [int(line.split(":")[2]) for line in f if line.startswith("pj:")][0]
