@@ -12,8 +12,11 @@ each dumped (``--leave-running``) --dumps times, --every seconds apart:
   and another allocated (the layout changes: mappings come and go below the big one).
 
 For each pair of consecutive dumps, the bytes of the later dump's chunks that the earlier one lacks, as
-a share of the later dump: with fixed 1 MiB chunks (persistjob's default) and with content-defined
-chunks (a gear rolling hash, 256 KiB min, ~1 MiB average, 4 MiB max, as FastCDC).
+a share of the later dump: with fixed 1 MiB chunks (persistjob's default for files), with
+content-defined chunks cut anywhere (a gear rolling hash, 256 KiB min, ~1 MiB average, 4 MiB max, as
+FastCDC), and with content-defined cuts at page boundaries only (``checkpoint.page_chunks``, what
+persistjob uses for ``pages-*.img`` since this study; other image files stay fixed); and the seconds
+each takes to cut one dump.
 
 Usage: sudo .venv/bin/python benchmarks/criu_chunking.py [--mb 50] [--dumps 4] [--every 2]
 """
@@ -30,6 +33,9 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from persistjob.checkpoint import page_chunks  # noqa: E402
 
 PAYLOAD = r"""
 import os, random, sys, time
@@ -73,13 +79,21 @@ def cdc(data, avg_bits=20, lo=1 << 18, hi=1 << 22):
     return out
 
 
-def chunks_of(images, split):
+def pages(data):
+    import io
+
+    return list(page_chunks(io.BytesIO(data), 1 << 20))
+
+
+def chunks_of(images, split, only_pages=False):
     """{sha256: size} of every image file's chunks (each file chunked on its own, as the store does)."""
     out = {}
     for name in sorted(os.listdir(images)):
         with open(os.path.join(images, name), "rb") as f:
-            for c in split(f.read()):
-                out[hashlib.sha256(c).digest()] = len(c)
+            data = f.read()
+        use = split if not only_pages or (name.startswith("pages-") and name.endswith(".img")) else fixed
+        for c in use(data):
+            out[hashlib.sha256(c).digest()] = len(c)
     return out
 
 
@@ -111,13 +125,17 @@ def study(criu, kind, mb, dumps, every, work):
         p.wait()
     size = sum(os.path.getsize(os.path.join(dirs[-1], f)) for f in os.listdir(dirs[-1]))
     rows = {}
-    for label, split in (("fixed 1 MiB", fixed), ("content-defined ~1 MiB", cdc)):
-        sets = [chunks_of(d, split) for d in dirs]
+    for label, split, only in (("fixed 1 MiB", fixed, False), ("gear CDC ~1 MiB", cdc, False),
+                               ("page-boundary CDC ~1 MiB", pages, True)):
+        t = time.perf_counter()
+        sets = [chunks_of(d, split, only) for d in dirs]
+        secs = (time.perf_counter() - t) / len(dirs)
         shares = [new_share(a, b) for a, b in zip(sets, sets[1:])]
-        rows[label] = (statistics.median(shares), max(shares), statistics.median(len(s) for s in sets))
+        rows[label] = (statistics.median(shares), max(shares), statistics.median(len(s) for s in sets), secs)
     print("   %-6s (%.0f MB of images per dump):" % (kind, size / 2 ** 20))
-    for label, (med, worst, n) in rows.items():
-        print("      %-24s new bytes per dump %5.1f%% median, %5.1f%% worst (%d chunks)" % (label, 100 * med, 100 * worst, n))
+    for label, (med, worst, n, secs) in rows.items():
+        print("      %-25s new bytes per dump %5.1f%% median, %5.1f%% worst (%d chunks; %.2fs to cut and hash a dump)"
+              % (label, 100 * med, 100 * worst, n, secs))
     return rows
 
 

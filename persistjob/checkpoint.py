@@ -17,8 +17,9 @@ import stat
 import tempfile
 import threading
 import time
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
 from .codec import Entry, decode_chunk, encode_chunk
@@ -78,6 +79,44 @@ class Snapshot:
         self.new_chunks = new_chunks
 
 
+def fixed_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
+    while True:
+        data = f.read(size)
+        if not data:
+            return
+        yield data
+
+
+PAGE = 4096
+
+
+def page_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """Chunks of a file of whole memory pages, cut before a page whose first 256 bytes' CRC-32 is 0 modulo
+    the average page count (``size`` / 4 KiB), at least a quarter and at most four times ``size``.
+
+    CRIU writes a process's present pages in address order, so a mapping that comes or goes shifts all
+    pages after it; fixed boundaries then dedup nothing after the shift, these find the same cuts again
+    (benchmarks/criu_chunking.py: 98% against 32% new bytes per dump of a payload that allocates and
+    frees).  Only page boundaries are candidates, so a cut costs one CRC of 256 bytes per page."""
+    avg = max(1, size // PAGE)
+    lo, hi = max(1, avg // 4) * PAGE, avg * 4 * PAGE
+    buf = b""
+    eof = False
+    while buf or not eof:
+        if not eof and len(buf) < hi:
+            more = f.read(hi - len(buf))
+            eof = not more
+            buf += more
+            continue
+        cut = len(buf) if len(buf) <= lo else min(hi, len(buf))
+        for at in range(lo, min(hi, len(buf)), PAGE):
+            if zlib.crc32(buf[at:at + 256]) % avg == 0:
+                cut = at
+                break
+        yield buf[:cut]
+        buf = buf[cut:]
+
+
 # Size: one class, because snapshot and restore share the stat cache and the known-chunk set (a restore
 # primes both, so that the next snapshot reads and uploads only what the payload changed).
 class Checkpointer:
@@ -103,6 +142,8 @@ class Checkpointer:
         self.cache: Dict[str, Tuple[_StatKey, Tuple[Tuple[str, int], ...]]] = {}
         self.known: Set[str] = set()
         self._pool: Optional[ThreadPoolExecutor] = None
+        #: Files made of whole memory pages (CRIU's page images): cut at content-defined page boundaries.
+        self.page_files: Callable[[str], bool] = lambda rel: False
 
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -176,10 +217,8 @@ class Checkpointer:
                     entries.append(Entry(rel, "f", st.st_mode & 0o1777, st.st_size, st.st_mtime_ns))
                     file_jobs.append((len(entries) - 1, rel, st, futures))
                     with open(self._abs(rel), "rb", buffering=0) as f:
-                        while True:
-                            data = f.read(self.chunk_size)
-                            if not data:
-                                break
+                        pieces = page_chunks(f, self.chunk_size) if self.page_files(rel) else fixed_chunks(f, self.chunk_size)
+                        for data in pieces:
                             stats.add(read=len(data))
                             sem.acquire()
                             fut = self.pool().submit(process, data)

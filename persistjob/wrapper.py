@@ -172,6 +172,7 @@ class Wrapper:
                                       codec=o.codec)
         self.payload = Payload(exe, o.payload[1:], ckdir, self.signals.wait)
         self.mode = make_mode(self.payload, o, ckdir, self.environ)
+        self.ws.page_files = self.mode.page_files
         set_child_subreaper()
         self.signals.install()
         # 2. claim (on a store that can fence: checked first)

@@ -74,6 +74,10 @@ class Mode:
         """Start the payload (or bring it back)."""
         self.payload.start(env)
 
+    def page_files(self, rel: str) -> bool:
+        """Whether a file of the checkpoint directory is made of memory pages (chunked at page boundaries)."""
+        return False
+
     def after_claim(self) -> None:
         """Called once this run owns the job in the store, before its restore (TryLater: not now)."""
 
@@ -197,6 +201,9 @@ class CriuMode(Mode):
         except FileExistsError:
             pass
         return os.path.join(CRIU_ROOT, hashlib.sha256(job_id.encode()).hexdigest()[:16], "work")
+
+    def page_files(self, rel: str) -> bool:
+        return rel.startswith(self.IMAGES + "/pages-") and rel.endswith(".img")
 
     def after_claim(self) -> None:
         """The checkpoint directory is one fixed path per job on a node: an older instance of the job on this

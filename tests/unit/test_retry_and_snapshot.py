@@ -169,3 +169,34 @@ def test_snapshot_skips_special_files_and_escaping_links(tmp_path, caplog):
         ck.close()
     assert [e.path for e in snap.entries] == ["ok"]
     assert "skipping fifo" in caplog.text and "points outside" in caplog.text
+
+
+def test_page_chunks_find_their_cuts_again_after_pages_are_inserted():
+    """CRIU's page images shift when a mapping appears: page-boundary cuts chosen by content come back,
+    so the chunks after the insertion are the same; fixed 1 MiB chunks would all differ."""
+    import hashlib
+    import io
+    import random
+
+    from persistjob.checkpoint import PAGE, fixed_chunks, page_chunks
+
+    rng = random.Random(7)
+    pages = [rng.randbytes(PAGE) for _ in range(3000)]  # about 12 MB
+    before = b"".join(pages)
+    after = b"".join(pages[:1000] + [rng.randbytes(PAGE) for _ in range(3)] + pages[1000:])
+
+    def digests(data, split):
+        chunks = list(split(io.BytesIO(data), 1 << 20))
+        assert b"".join(chunks) == data
+        return [hashlib.sha256(c).hexdigest() for c in chunks], [len(c) for c in chunks]
+
+    old, sizes = digests(before, page_chunks)
+    new, _ = digests(after, page_chunks)
+    assert all(n % PAGE == 0 for n in sizes[:-1]) and min(sizes[:-1]) >= 256 << 10 and max(sizes) <= 4 << 20
+    assert len(set(new) - set(old)) <= 2, "only the chunk that holds the new pages is new"
+    fixed_old, _ = digests(before, fixed_chunks)
+    fixed_new, _ = digests(after, fixed_chunks)
+    shifted = len(fixed_new) - (1000 * PAGE) // (1 << 20)  # every fixed chunk from the insertion on
+    assert len(set(fixed_new) - set(fixed_old)) == shifted >= 8
+    assert list(page_chunks(io.BytesIO(b""), 1 << 20)) == []
+    assert list(page_chunks(io.BytesIO(b"x" * 100), 1 << 20)) == [b"x" * 100]
