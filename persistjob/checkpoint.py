@@ -91,8 +91,9 @@ PAGE = 4096
 
 
 def page_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
-    """Chunks of a file of whole memory pages, cut before a page whose first 256 bytes' CRC-32 is 0 modulo
-    the average page count (``size`` / 4 KiB), at least a quarter and at most four times ``size``.
+    """Chunks of a file of whole memory pages, about ``size`` on average, at least a quarter and at most
+    four times it, cut before a page whose first 256 bytes' CRC-32 is 0 modulo the pages a chunk has on
+    average past its minimum.
 
     CRIU writes a process's present pages in address order, so a mapping that comes or goes shifts all
     pages after it; fixed boundaries then dedup nothing after the shift, these find the same cuts again
@@ -100,6 +101,7 @@ def page_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
     frees).  Only page boundaries are candidates, so a cut costs one CRC of 256 bytes per page."""
     avg = max(1, size // PAGE)
     lo, hi = max(1, avg // 4) * PAGE, avg * 4 * PAGE
+    mod = max(1, avg - lo // PAGE)  # a cut is looked for only past lo: the mean chunk is then about ``size``
     buf = b""
     eof = False
     while buf or not eof:
@@ -110,7 +112,7 @@ def page_chunks(f: BinaryIO, size: int) -> Iterator[bytes]:
             continue
         cut = len(buf) if len(buf) <= lo else min(hi, len(buf))
         for at in range(lo, min(hi, len(buf)), PAGE):
-            if zlib.crc32(buf[at:at + 256]) % avg == 0:
+            if zlib.crc32(buf[at:at + 256]) % mod == 0:
                 cut = at
                 break
         yield buf[:cut]
