@@ -680,6 +680,10 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.getLogger("gfal2").setLevel(logging.ERROR)  # e.g. Davix looking for an X509 proxy on plain http
 
 
+#: What a shell reports for a command ended by SIGPIPE (128 + 13), as for `yes | head -1`.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # boto3 warns on every import under Python 3.9; a job's error file should tell the job's story.
@@ -705,6 +709,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("persistjob: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`persistjob checkpoint ls | head -1`): a normal end
+        try:  # the interpreter's last flush of stdout must not fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line, traceback on request
         if os.environ.get("PERSISTJOB_DEBUG"):
             raise

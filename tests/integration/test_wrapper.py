@@ -5,6 +5,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -14,7 +15,7 @@ from persistjob import contract as C
 from persistjob.constants import MARKER_NAME
 from persistjob.repo import JobRepo, job_key
 from persistjob.repo.log import JobLog
-from tests.conftest import COUNTER, REPO, error_lines, job_id, stop_group, storage_down_20s_mid_run, two_wrappers_at_once, wait_for
+from tests.conftest import COUNTER, REPO, clean_env, error_lines, job_id, stop_group, storage_down_20s_mid_run, two_wrappers_at_once, wait_for
 
 PY = sys.executable
 CHURN = os.path.join(REPO, "tests", "payloads", "churn.py")
@@ -427,3 +428,19 @@ def test_runs_killed_from_outside_are_lost_runs_not_crashes(store, tmp_path):
     recs = list(JobLog(store.backend(), jid).records())
     third = [x for x in recs if x.kind == "claim"][-1]
     assert (third.run, third.crash_streak, third.lost) == (3, 0, 2)
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path):
+    """`persistjob checkpoint show ... | head -1`: exit 141 (as a shell reports SIGPIPE), no error line."""
+    from tests.conftest import Store
+
+    st = Store("file", "file://%s" % (tmp_path / "store"), {})
+    r = st.cli("run", "--job-id", "many", "--store", st.url, "--lifetime", "2s", "--interval", "1h", "--",
+               "/bin/sh", "-c", "for i in $(seq 3000); do : > file-number-$i; done; sleep 100")
+    assert r.returncode == 85, r.stderr
+    p = subprocess.Popen([sys.executable, "-m", "persistjob", "checkpoint", "show", "--store", st.url, "--job-id", "many"],
+                         env=clean_env({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert first and p.wait(timeout=60) == 141 and err == "", err
