@@ -141,8 +141,19 @@ def _label(ad: Dict[str, Any]) -> str:
     return str(ad.get("JobLabel") or "%s.%s" % (ad.get("ClusterId"), ad.get("ProcId")))
 
 
+def _reason(v: JobView) -> str:
+    """Why a job needs a look, in its own row: the hold reason, the store's error."""
+    parts = []
+    if v.ad.get("JobStatus") == 5 and v.ad.get("HoldReason"):
+        parts.append("held: %s" % " ".join(str(v.ad.get("HoldReason")).split()))
+    if v.store_error:
+        parts.append("store: %s" % v.store_error)
+    return "; ".join(parts)
+
+
 def status_table(views: Iterable[JobView], now: float) -> str:
-    rows = [("JOB", "NAME", "STATUS", "STARTS", "RUNS", "LOST", "GEN", "LAST COMMIT", "FLAGS")]
+    """One line per job; the last column says why a flagged job is held or unread."""
+    rows = [("JOB", "NAME", "STATUS", "STARTS", "RUNS", "LOST", "GEN", "LAST COMMIT", "FLAGS", "REASON")]
     for v in views:
         ad = v.ad
         when = v.last_commit or _float(ad.get(C.ATTR_LAST_COMMIT))  # the store's, else what chirp set
@@ -151,15 +162,9 @@ def status_table(views: Iterable[JobView], now: float) -> str:
                      JOB_STATUS.get(ad.get("JobStatus"), str(ad.get("JobStatus"))), str(ad.get("NumJobStarts") or 0),
                      "-" if v.runs is None else str(v.runs), "-" if v.runs is None else str(v.lost),
                      "-" if v.generation is None else str(v.generation), last,
-                     ",".join(v.flags) or "ok"))
+                     ",".join(v.flags) or "ok", _reason(v)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    for v in views:
-        if v.ad.get("JobStatus") == 5 and v.ad.get("HoldReason"):
-            out.append("%s held: %s" % (_label(v.ad), v.ad.get("HoldReason")))
-        if v.store_error:
-            out.append("%s store: %s" % (_label(v.ad), v.store_error))
-    return "\n".join(out)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 STORE_TIMEOUT = "the store did not answer in time"

@@ -288,12 +288,13 @@ def test_status_and_rm_purge(pool, bucket_store):
                       check=False)
         assert st.returncode == 1
         lines = {}
-        for ln in st.stdout.splitlines():  # table rows come first, detail lines ("N.M held: ...") after
+        for ln in st.stdout.splitlines():  # one line per job
             if re.match(r"^\d+\.\d+ ", ln):
-                lines.setdefault(ln.split()[0], ln)
+                assert ln.split()[0] not in lines, st.stdout
+                lines[ln.split()[0]] = ln
         assert lines["%d.0" % good].rstrip().endswith("ok")
         assert "HELD" in lines["%d.0" % held] and "STALLED" in lines["%d.0" % stalled]
-        assert "held: persistjob exit 78" in st.stdout
+        assert "held: persistjob exit 78" in lines["%d.0" % held] and len(st.stdout.splitlines()) == 4, st.stdout
         one = pool.run("persistjob", "status", "--json", "--constraint", "ClusterId == %d" % good, check=False)
         assert one.returncode == 0, one.stdout
         view = json.loads(one.stdout)[0]

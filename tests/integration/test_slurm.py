@@ -186,7 +186,7 @@ def test_crash_loop_is_released_with_back_off_then_held_with_the_reason(cluster,
         assert st.returncode == 1 and "HELD" in view["flags"] and "CRASHLOOP" in view["flags"], view
         assert "crash" in cluster.comment(jid) and "err=" in cluster.comment(jid)
         table = cluster.pj("status", "--scheduler", "slurm", "--constraint", jid, check=False).stdout
-        assert re.search(r"^%s held: .*crash" % jid, table, re.M), table
+        assert re.search(r"^%s .*HELD.*held: .*crash" % jid, table, re.M) and len(table.splitlines()) == 2, table
     finally:
         cluster.cancel(jid)
 

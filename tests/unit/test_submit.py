@@ -373,3 +373,19 @@ def test_credentials_file_must_be_private_and_grid_stores_need_a_proxy_or_token(
     ship = shipment("root://se.example//store", environ={"X509_USER_PROXY": str(proxy), "BEARER_TOKEN_FILE": str(f)})
     assert ship.commands == (("x509userproxy", str(proxy)),) and ship.files == (str(f),)
     assert ship.environment == (("BEARER_TOKEN_FILE", "creds"),)
+
+
+def test_status_prints_one_line_per_job_with_the_reason_in_its_row():
+    from persistjob.status import JobView, status_table
+
+    held = JobView({"ClusterId": 7, "ProcId": 0, "JobStatus": 5, "NumJobStarts": 1,
+                    "HoldReason": "persistjob exit 78: no such bucket\n(see the job's error file)"})
+    held.flags = ["HELD"]
+    down = JobView({"ClusterId": 8, "ProcId": 0, "JobStatus": 2, "NumJobStarts": 3})
+    down.store_error, down.flags = "the store did not answer in time", ["STORE?"]
+    fine = JobView({"ClusterId": 9, "ProcId": 0, "JobStatus": 2, "NumJobStarts": 1})
+    lines = status_table([held, down, fine], 1000.0).splitlines()
+    assert len(lines) == 4 and lines[0].split()[-1] == "REASON"
+    assert lines[1].startswith("7.0 ") and lines[1].endswith("held: persistjob exit 78: no such bucket (see the job's error file)")
+    assert lines[2].startswith("8.0 ") and lines[2].endswith("store: the store did not answer in time")
+    assert lines[3].startswith("9.0 ") and lines[3].endswith("ok")
