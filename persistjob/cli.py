@@ -145,6 +145,24 @@ def cmd_ls(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(a: argparse.Namespace) -> int:
+    from . import history as H
+
+    repo = _repo(a)
+    runs = sorted(repo.runs(), key=lambda r: r.get("run", 0))
+    if a.json:
+        print(json.dumps(runs, indent=1, default=str))
+    elif not runs:
+        print("job %s: no runs recorded" % a.job_id)
+    else:
+        print(H.table(runs, time.time()))
+    if a.plot:
+        commits = [dict(r.data, generation=r.generation) for r in repo.generations()]
+        H.plot(runs, commits, a.plot, "persistjob job %s" % a.job_id, time.time())
+        print("plot: %s" % a.plot, file=sys.stderr)
+    return 0
+
+
 def cmd_show(a: argparse.Namespace) -> int:
     from .errors import IntegrityError
 
@@ -323,9 +341,16 @@ def cmd_status(a: argparse.Namespace) -> int:
     from . import constants as C
     from . import status as S
 
+    stores = S.StoreCache(max(1.0, a.timeout * 0.75))
+    t0 = time.monotonic()
     views, now = S.collect_status(_scheduler(a), a.constraint, a.store, idle_long=a.idle_long,
-                                  default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, timeout=a.timeout)
-    if a.json:
+                                  default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, timeout=a.timeout,
+                                  stores=stores)
+    if a.stats:
+        print(S.stats_line(views, stores.totals(), time.monotonic() - t0), file=sys.stderr)
+    if a.format == "prometheus":
+        sys.stdout.write(S.prometheus_text(views, now, stores.totals()))
+    elif a.json or a.format == "json":
         print(json.dumps([v.as_json() for v in views], indent=1, default=str))
     elif not views:
         print("no persistent jobs%s" % (" match %s" % a.constraint if a.constraint else ""))
@@ -529,7 +554,10 @@ def _fill_submit(su: argparse.ArgumentParser) -> None:
 
 
 def _fill_status(st: argparse.ArgumentParser) -> None:
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="the same as --format json")
+    st.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
+                    help="prometheus: the text exposition format, for the node exporter's textfile collector")
+    st.add_argument("--stats", action="store_true", help="print the store requests and time this view cost (stderr)")
     st.add_argument("--constraint")
     st.add_argument("--store", help="override the job ads' PersistStore")
     st.add_argument("--idle-long", type=_duration, default=3600.0)
@@ -631,6 +659,15 @@ def _fill_checkpoint(ck: argparse.ArgumentParser) -> None:
     x.set_defaults(func=cmd_gc)
 
 
+def _fill_history(h: argparse.ArgumentParser) -> None:
+    h.add_argument("--store", required=True, metavar="URL")
+    h.add_argument("--job-id", required=True)
+    h.add_argument("--storage-timeout", type=_duration, default=60.0)
+    h.add_argument("--json", action="store_true", help="the run records as stored")
+    h.add_argument("--plot", metavar="FILE.png", help="draw runs and commits on a time line (needs matplotlib)")
+    h.set_defaults(func=cmd_history)
+
+
 def _fill_bundle(b: argparse.ArgumentParser) -> None:
     b.add_argument("--output", "-o", default="persistjob.pyz", help="where to write it (default ./persistjob.pyz)")
     b.set_defaults(func=cmd_bundle)
@@ -651,6 +688,8 @@ _COMMANDS: Dict[str, Tuple[Dict[str, Any], Callable[[argparse.ArgumentParser], N
     "rm": (dict(help="remove persistent jobs (and with --purge their stored checkpoints)"), _fill_rm),
     "wq": (dict(help="the Work Queue executor: manager, Condor shims, workers"), _fill_wq),
     "checkpoint": (dict(help="inspect and manage stored checkpoints"), _fill_checkpoint),
+    "history": (dict(help="a job's runs: where, how long, how each ended, bytes moved",
+                     description="The job's runs from its run records in the store."), _fill_history),
     "bundle": (dict(help="build the one-file worker side (a zipapp) that travels with jobs",
                     description="Build persistjob.pyz: runs as 'python3 persistjob.pyz run ...' with the site's "
                                 "Python 3.9+ and nothing installed."), _fill_bundle),

@@ -6,7 +6,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from . import constants as C
 from . import contract as X
-from .errors import PersistJobError
+from .errors import ConfigError, PersistJobError
 from .schedd import JOB_STATUS, Scheduler
 
 
@@ -22,6 +22,7 @@ class JobView:
         self.fenced_incidents = 0  # separate incidents of refused instances within the window
         self.fenced_persists = False  # refusals kept arriving within one incident
         self.commit_seconds = 0.0  # how long the newest commit took
+        self.bytes: Optional[int] = None  # bytes of the newest generation
         self.store_answered = False
         self.flags: List[str] = list(flags or [])
 
@@ -105,9 +106,15 @@ class StoreCache:
         with self._lock:
             if url not in self._stores:
                 from .storage import RetryingBackend, get_backend
+                from .storage.counting import CountingBackend
 
-                self._stores[url] = RetryingBackend(get_backend(url), self.timeout)
+                self._stores[url] = RetryingBackend(CountingBackend(get_backend(url)), self.timeout)
             return self._stores[url]
+
+    def totals(self) -> Dict[str, Dict[str, int]]:
+        """Requests by kind and bytes read, per store URL."""
+        with self._lock:
+            return {url: b.inner.totals() for url, b in self._stores.items()}
 
 
 def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float, stores: StoreCache) -> None:
@@ -128,6 +135,7 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         last = repo.last_commit(head)
         v.last_commit = float(last.data.get("time", 0)) if last else None
         v.commit_seconds = float(last.data.get("seconds", 0) or 0) if last else 0.0
+        v.bytes = int(last.data.get("bytes", 0) or 0) if last else None
         notes = [n for n in repo.fenced_notes(since=now - fenced_window) if now - float(n.get("time", 0)) < fenced_window]
         v.fenced = len(notes)
         v.fenced_incidents, v.fenced_persists = fenced_incidents(float(n.get("time", 0)) for n in notes)
@@ -172,11 +180,12 @@ STORE_TIMEOUT = "the store did not answer in time"
 
 def collect_status(scheduler: Scheduler, constraint: Optional[str], store_override: Optional[str], *,
                    idle_long: float, default_interval: float, fenced_window: float,
-                   timeout: float = 20.0, clock: Any = time.time) -> Tuple[List[JobView], float]:
+                   timeout: float = 20.0, clock: Any = time.time,
+                   stores: Optional[StoreCache] = None) -> Tuple[List[JobView], float]:
     """Every persistent job's view, within ``timeout`` seconds whatever the stores do; and the one
     "now" (read after the reads) from which all ages and flags are computed."""
     views = [JobView(ad) for ad in scheduler.persistent_jobs(constraint)]
-    stores = StoreCache(max(1.0, timeout * 0.75))
+    stores = StoreCache(max(1.0, timeout * 0.75)) if stores is None else stores
     started = clock()
 
     def fill(v: JobView) -> None:
@@ -212,3 +221,77 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
             v.store_error = STORE_TIMEOUT
         v.flags = flag_job(v, now, idle_long=idle_long, default_interval=default_interval)
     return views, now
+
+
+def prometheus_text(views: List[JobView], now: float, stores: Dict[str, Dict[str, int]]) -> str:
+    """The text exposition format, for the node exporter's textfile collector: per job its generation,
+    seconds since its last commit, runs, lost runs, bytes of its newest commit and flags; per store its
+    requests and bytes read by this status.  Made with prometheus_client (the ``prometheus`` extra)."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import GaugeMetricFamily
+    except ImportError:
+        raise ConfigError("--format prometheus needs prometheus_client (pip install 'persistjob[prometheus]')") from None
+
+    class Collector:
+        def collect(self) -> Any:
+            labels = ["job", "name", "global_job_id"]
+            fams = {
+                "generation": GaugeMetricFamily("persistjob_job_generation", "Newest committed generation", labels=labels),
+                "age": GaugeMetricFamily("persistjob_job_last_commit_age_seconds", "Seconds since the newest commit",
+                                         labels=labels),
+                "runs": GaugeMetricFamily("persistjob_job_runs", "Runs claimed so far", labels=labels),
+                "lost": GaugeMetricFamily("persistjob_job_lost_runs", "Runs that vanished without an end record",
+                                          labels=labels),
+                "bytes": GaugeMetricFamily("persistjob_job_bytes", "Bytes of the newest generation", labels=labels),
+                "status": GaugeMetricFamily("persistjob_job_status", "The scheduler's JobStatus (HTCondor codes)",
+                                            labels=labels),
+            }
+            flag = GaugeMetricFamily("persistjob_job_flag", "1 for each flag that needs a human", labels=labels + ["flag"])
+            for v in views:
+                lab = [_label(v.ad), str(v.ad.get(C.ATTR_NAME) or ""), str(v.ad.get("GlobalJobId") or "")]
+                if v.generation is not None:
+                    fams["generation"].add_metric(lab, v.generation)
+                when = v.last_commit or _float(v.ad.get(C.ATTR_LAST_COMMIT))
+                if when:
+                    fams["age"].add_metric(lab, max(0.0, now - when))
+                if v.runs is not None:
+                    fams["runs"].add_metric(lab, v.runs)
+                    fams["lost"].add_metric(lab, v.lost)
+                if v.bytes is not None:
+                    fams["bytes"].add_metric(lab, v.bytes)
+                if isinstance(v.ad.get("JobStatus"), int):
+                    fams["status"].add_metric(lab, v.ad["JobStatus"])
+                for f in v.flags:
+                    flag.add_metric(lab + [f], 1)
+            yield from fams.values()
+            yield flag
+            req = GaugeMetricFamily("persistjob_store_requests", "Store requests made by this status, by kind",
+                                    labels=["store", "kind"])
+            read = GaugeMetricFamily("persistjob_store_bytes_read", "Bytes this status read from the store",
+                                     labels=["store"])
+            for url, t in sorted(stores.items()):
+                for kind, n in sorted(t.items()):
+                    if kind != "bytes_read":
+                        req.add_metric([url, kind], n)
+                read.add_metric([url], t.get("bytes_read", 0))
+            yield req
+            yield read
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
+
+
+def stats_line(views: List[JobView], stores: Dict[str, Dict[str, int]], seconds: float) -> str:
+    """``--stats``: the cost of this view, on stderr."""
+    total = sum(n for t in stores.values() for k, n in t.items() if k != "bytes_read")
+    kinds: Dict[str, int] = {}
+    for t in stores.values():
+        for k, n in t.items():
+            if k != "bytes_read":
+                kinds[k] = kinds.get(k, 0) + n
+    read = sum(t.get("bytes_read", 0) for t in stores.values())
+    return ("status: %d jobs, %d store requests (%.1f per job: %s), %d bytes read, %.2fs"
+            % (len(views), total, total / max(1, len(views)),
+               ", ".join("%s %d" % kv for kv in sorted(kinds.items())) or "none", read, seconds))

@@ -295,6 +295,17 @@ def test_status_and_rm_purge(pool, bucket_store):
         assert lines["%d.0" % good].rstrip().endswith("ok")
         assert "HELD" in lines["%d.0" % held] and "STALLED" in lines["%d.0" % stalled]
         assert "held: persistjob exit 78" in lines["%d.0" % held] and len(st.stdout.splitlines()) == 4, st.stdout
+        # the same view for Prometheus' textfile collector, parsed with prometheus_client's own parser
+        from prometheus_client.parser import text_string_to_metric_families
+
+        prom = pool.run("persistjob", "status", "--format", "prometheus", "--stats", "--constraint",
+                        "ClusterId >= %d && ClusterId <= %d" % (good, stalled), check=False)
+        fams = {f.name: f for f in text_string_to_metric_families(prom.stdout)}
+        flags = {(s.labels["job"], s.labels["flag"]) for s in fams["persistjob_job_flag"].samples}
+        assert ("%d.0" % held, "HELD") in flags and ("%d.0" % stalled, "STALLED") in flags, prom.stdout
+        assert [s.value for s in fams["persistjob_job_generation"].samples if s.labels["job"] == "%d.0" % good][0] >= 2
+        assert sum(s.value for s in fams["persistjob_store_requests"].samples) > 0
+        assert re.match(r"status: 3 jobs, \d+ store requests \([\d.]+ per job: ", prom.stderr), prom.stderr
         one = pool.run("persistjob", "status", "--json", "--constraint", "ClusterId == %d" % good, check=False)
         assert one.returncode == 0, one.stdout
         view = json.loads(one.stdout)[0]

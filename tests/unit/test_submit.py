@@ -389,3 +389,47 @@ def test_status_prints_one_line_per_job_with_the_reason_in_its_row():
     assert lines[1].startswith("7.0 ") and lines[1].endswith("held: persistjob exit 78: no such bucket (see the job's error file)")
     assert lines[2].startswith("8.0 ") and lines[2].endswith("store: the store did not answer in time")
     assert lines[3].startswith("9.0 ") and lines[3].endswith("ok")
+
+
+def test_status_prometheus_output_and_stats_from_a_real_store(tmp_path):
+    """Two jobs committed in a file:// store, the schedd side given: the exposition text parses with
+    prometheus_client's own parser, and --stats counts the store requests per job."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from persistjob import status as S
+    from persistjob.repo import JobRepo
+    from persistjob.storage import get_backend
+
+    url = "file://%s" % (tmp_path / "store")
+    for jid in ("pool#1.0#1", "pool#2.0#1"):
+        repo = JobRepo(get_backend(url), jid)
+        repo.check_fencing = lambda: None
+        repo.claim()
+        (tmp_path / jid).mkdir()
+        (tmp_path / jid / "state").write_bytes(b"x" * 5000)
+        ws = repo.workspace(str(tmp_path / jid), racy=0)
+        repo.commit(ws, ws.snapshot())
+        ws.close()
+    ads = [{"ClusterId": i, "ProcId": 0, "GlobalJobId": "pool#%d.0#1" % i, "JobStatus": 2, C.ATTR_STORE: url,
+            C.ATTR_NAME: "n%d" % i, "EnteredCurrentStatus": 0} for i in (1, 2)]
+    ads.append({"ClusterId": 3, "ProcId": 0, "GlobalJobId": "pool#3.0#1", "JobStatus": 5, C.ATTR_STORE: url,
+                "HoldReason": "persistjob exit 78: x", "EnteredCurrentStatus": 0})
+
+    class Schedd:
+        def persistent_jobs(self, constraint):
+            return ads
+
+    stores = S.StoreCache(10)
+    views, now = S.collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
+                                  stores=stores)
+    text = S.prometheus_text(views, now, stores.totals())
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    gens = {s.labels["job"]: s.value for s in fams["persistjob_job_generation"].samples}
+    assert gens == {"1.0": 1, "2.0": 1, "3.0": 0}
+    assert {s.labels["job"]: s.value for s in fams["persistjob_job_bytes"].samples} == {"1.0": 5000, "2.0": 5000}
+    assert [(s.labels["job"], s.labels["flag"]) for s in fams["persistjob_job_flag"].samples] == [("3.0", "HELD")]
+    requests = {s.labels["kind"]: s.value for s in fams["persistjob_store_requests"].samples}
+    assert requests["get"] >= 3 and all(s.labels["store"] == url for s in fams["persistjob_store_requests"].samples)
+    line = S.stats_line(views, stores.totals(), 0.5)
+    total = int(sum(requests.values()))
+    assert line.startswith("status: 3 jobs, %d store requests (%.1f per job: " % (total, total / 3)), line
