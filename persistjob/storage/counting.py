@@ -44,7 +44,7 @@ class CountingBackend(Backend):
         self.inner.put_if_absent(key, data)
 
     def exists(self, key: str) -> bool:
-        self._count("head")
+        self._count("exists")
         return self.inner.exists(key)
 
     def list(self, prefix: str, start_after: Optional[str] = None) -> Iterator[ObjectInfo]:
