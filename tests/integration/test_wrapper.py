@@ -435,7 +435,8 @@ def test_a_reader_that_goes_away_ends_a_command_quietly(tmp_path):
     from tests.conftest import Store
 
     st = Store("file", "file://%s" % (tmp_path / "store"), {})
-    r = st.cli("run", "--job-id", "many", "--store", st.url, "--lifetime", "2s", "--interval", "1h", "--",
+    r = st.cli("run", "--job-id", "many", "--store", st.url, "--checkpoint-dir", str(tmp_path / "ck"), "--lifetime", "2s",
+               "--interval", "1h", "--",
                "/bin/sh", "-c", "for i in $(seq 3000); do : > file-number-$i; done; sleep 100")
     assert r.returncode == 85, r.stderr
     p = subprocess.Popen([sys.executable, "-m", "persistjob", "checkpoint", "show", "--store", st.url, "--job-id", "many"],
