@@ -138,7 +138,6 @@ def agent_main(argv: List[str]) -> int:
     replies: IO[str] = sys.stdout
     sys.stdout = sys.stderr  # nothing else may write to the reply pipe
     state: Dict[str, Any] = {"pid": None, "ending": False}
-    done = threading.Event()
     lock = threading.Lock()
 
     def reply(obj: Dict[str, Any]) -> None:
@@ -195,7 +194,6 @@ def agent_main(argv: List[str]) -> int:
             reply({"error": type(exc).__name__, "message": exc.message})
         except OSError as exc:
             reply({"error": "CriuFailed", "message": "%s: %s" % (op, exc)})
-    done.set()
     return 0
 
 

@@ -117,10 +117,7 @@ def test_mode_criu_carries_a_memory_only_counter_across_local_runs(criu, tmp_pat
 
 
 def test_mode_criu_passes_the_payloads_own_exit_status(criu, tmp_path):
-    payload = tmp_path / "count.py"
-    payload.write_text(COUNTER_IN_MEMORY)
-    store = Store("file", "file://%s" % (tmp_path / "store"), {})
-    job = "criu-exit-" + os.urandom(4).hex()
+    payload, store, job = _criu_job(tmp_path, "criu-exit-")
     env = clean_env({"PERSISTJOB_CRIU": criu})
     cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
            "--lifetime", "2s", "--interval", "1s", "--", sys.executable, str(payload), "60", "10", "7"]
@@ -140,6 +137,13 @@ def test_mode_criu_without_a_usable_criu_is_a_configuration_error(tmp_path):
     assert r.returncode == 78 and r.stderr.strip().splitlines()[-1].startswith("persistjob: error: --mode criu: no usable criu")
     assert "Traceback" not in r.stderr
     assert JobLog(store.backend(), "nocriu").head().run == 0, "nothing was claimed"
+
+
+def _criu_job(tmp_path, prefix):
+    """The in-memory counter as a payload file, a file:// store, and a fresh job ID."""
+    payload = tmp_path / "count.py"
+    payload.write_text(COUNTER_IN_MEMORY)
+    return payload, Store("file", "file://%s" % (tmp_path / "store"), {}), prefix + os.urandom(4).hex()
 
 
 def _commit_altered(store, job, tmp_path, change, keep=3):
@@ -197,10 +201,7 @@ def _run_record(store, job, run):
 
 
 def test_mode_criu_images_that_do_not_restore_fall_back_to_the_previous_generation(criu, tmp_path):
-    payload = tmp_path / "count.py"
-    payload.write_text(COUNTER_IN_MEMORY)
-    store = Store("file", "file://%s" % (tmp_path / "store"), {})
-    job = "criu-damaged-" + os.urandom(4).hex()
+    payload, store, job = _criu_job(tmp_path, "criu-damaged-")
     env = {"PERSISTJOB_CRIU": criu}
     first = _run(store, job, payload, env)
     assert first.returncode == 85, first.stderr[-2000:]
@@ -215,10 +216,7 @@ def test_mode_criu_images_that_do_not_restore_fall_back_to_the_previous_generati
 
 
 def test_mode_criu_images_from_a_cpu_this_node_lacks_hold_the_job_without_fallback_or_cold_start(criu, tmp_path):
-    payload = tmp_path / "count.py"
-    payload.write_text(COUNTER_IN_MEMORY)
-    store = Store("file", "file://%s" % (tmp_path / "store"), {})
-    job = "criu-cpu-" + os.urandom(4).hex()
+    payload, store, job = _criu_job(tmp_path, "criu-cpu-")
     env = {"PERSISTJOB_CRIU": criu}
     assert _run(store, job, payload, env).returncode == 85
     foreign = _commit_altered(store, job, tmp_path, _foreign_cpu)
@@ -233,10 +231,7 @@ def test_mode_criu_images_from_a_cpu_this_node_lacks_hold_the_job_without_fallba
 
 
 def test_mode_criu_cold_start_only_when_asked(criu, tmp_path):
-    payload = tmp_path / "count.py"
-    payload.write_text(COUNTER_IN_MEMORY)
-    store = Store("file", "file://%s" % (tmp_path / "store"), {})
-    job = "criu-cold-" + os.urandom(4).hex()
+    payload, store, job = _criu_job(tmp_path, "criu-cold-")
     env = {"PERSISTJOB_CRIU": criu}
     assert _run(store, job, payload, env, "--keep", "1").returncode == 85
     before = _counts(job)
@@ -259,10 +254,7 @@ def test_mode_criu_two_instances_on_one_node_only_the_newest_commits(criu, tmp_p
     """Both use the job's one checkpoint directory on this node: the newer one's claim supersedes the older in
     the store, ends the older one's tree before its restore replaces the directory, and goes on from the
     last commit; the older one, fenced, exits 75; no commit after the newer claim is the older one's."""
-    payload = tmp_path / "count.py"
-    payload.write_text(COUNTER_IN_MEMORY)
-    store = Store("file", "file://%s" % (tmp_path / "store"), {})
-    job = "criu-two-" + os.urandom(4).hex()
+    payload, store, job = _criu_job(tmp_path, "criu-two-")
     env = clean_env({"PERSISTJOB_CRIU": criu})
     cmd = [sys.executable, "-m", "persistjob", "run", "--job-id", job, "--store", store.url, "--mode", "criu",
            "--interval", "1s", "--lease-check", "1s"]
