@@ -6,7 +6,6 @@ with the code of its error class (78 for bad input, 75 for try-later);
 """
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import __version__
 from . import contract as X
 from .errors import ConfigError, PersistJobError
-from .identity import check_job_id, format_bytes, parse_duration
+from .identity import check_job_id, format_bytes, format_utc, parse_duration
 from .options import add_run_options, given, run_argv, run_options
 
 log = logging.getLogger("persistjob")
@@ -112,12 +111,6 @@ def _repo(a: argparse.Namespace) -> Any:
     return JobRepo(RetryingBackend(get_backend(a.store), a.storage_timeout), check_job_id(a.job_id))
 
 
-def _when(t: Optional[float]) -> str:
-    if not t:
-        return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def cmd_ls(a: argparse.Namespace) -> int:
     repo = _repo(a)
     head = repo.head()
@@ -139,7 +132,7 @@ def cmd_ls(a: argparse.Namespace) -> int:
                                                              "MANIFEST", "RETAINED"))
     for r in rows:
         print("%5d  %-19s  %4s  %6s  %10s  %10s  %-12s  %s" % (
-            r.generation, _when(r.data.get("time")), r.run, r.data.get("files", "-"),
+            r.generation, format_utc(r.data.get("time")), r.run, r.data.get("files", "-"),
             format_bytes(r.data.get("bytes", 0)), format_bytes(r.data.get("uploaded", 0)), (r.manifest or "")[:12],
             "yes" if r.manifest in retained else "no"))
     return 0
@@ -176,7 +169,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({"generation": gen, "manifest": mid, "meta": meta, "entries": [e.to_json() for e in entries]}, indent=1))
         return 0
-    print("generation %d, manifest %s, created %s" % (gen, mid, _when(meta.get("created"))))
+    print("generation %d, manifest %s, created %s" % (gen, mid, format_utc(meta.get("created"))))
     for e in entries:
         extra = (" -> " + e.target) if e.type == "l" else ("  %d chunks" % len(e.chunks) if e.type == "f" else "")
         print("%s %04o %12d  %s%s" % (e.type, e.mode, e.size, e.path, extra))

@@ -2,24 +2,12 @@
 how it ended, what it restored and committed, the bytes it moved — as a table, as JSON, or drawn on a
 time line (``--plot``, with matplotlib: the ``plot`` extra)."""
 
-import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from . import contract as X
 from .errors import ConfigError
-from .identity import format_bytes
-
-
-def _when(t: Optional[float]) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
-
-
-def _duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    return "%dh%02dm%02ds" % (s // 3600, s % 3600 // 60, s % 60) if s >= 3600 else (
-        "%dm%02ds" % (s // 60, s % 60) if s >= 60 else "%ds" % s)
+from .identity import format_bytes, format_table, format_utc
+from .options import format_duration
 
 
 def ended(run: Dict[str, Any]) -> str:
@@ -35,14 +23,13 @@ def table(runs: List[Dict[str, Any]], now: float) -> str:
              "FALLBACKS", "REASON")]
     for r in runs:
         end = r.get("end") or (now if r.get("state") == "running" else None)
-        rows.append((str(r.get("run")), str(r.get("host") or "-"), _when(r.get("start")),
-                     _duration(end - r["start"] if end and r.get("start") else None), ended(r),
+        rows.append((str(r.get("run")), str(r.get("host") or "-"), format_utc(r.get("start")),
+                     format_duration(round(end - r["start"])) if end and r.get("start") else "-", ended(r),
                      str(r.get("restored_generation", 0)), str(r.get("generation", 0)), str(r.get("commits", 0)),
                      format_bytes(r.get("bytes_uploaded", 0)), format_bytes(r.get("bytes_downloaded", 0)),
                      ",".join(str(f.get("generation")) for f in r.get("fallbacks") or []) or "-",
                      " ".join(str(r.get("reason") or "").split())))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return format_table(rows)
 
 
 def plot(runs: List[Dict[str, Any]], commits: List[Dict[str, Any]], path: str, title: str, now: float) -> None:

@@ -1,7 +1,8 @@
 """Job identity and small parsing and formatting helpers shared by the CLI and the wrapper."""
 
 import re
-from typing import Mapping, Optional
+import time
+from typing import Mapping, Optional, Sequence
 
 from .errors import ConfigError
 
@@ -32,6 +33,17 @@ def format_bytes(n: float) -> str:
             return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
         n /= 1024.0
     return "%d B" % n  # pragma: no cover
+
+
+def format_utc(t: Optional[float]) -> str:
+    """A Unix time as ``YYYY-MM-DD HH:MM:SS`` in UTC; ``-`` for none."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text as left-aligned columns two spaces apart (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def read_classad_attr(path: str, attr: str) -> Optional[str]:

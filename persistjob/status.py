@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from . import constants as C
 from . import contract as X
 from .errors import ConfigError, PersistJobError
+from .identity import format_table
 from .schedd import JOB_STATUS, Scheduler
 
 
@@ -171,8 +172,7 @@ def status_table(views: Iterable[JobView], now: float) -> str:
                      "-" if v.runs is None else str(v.runs), "-" if v.runs is None else str(v.lost),
                      "-" if v.generation is None else str(v.generation), last,
                      ",".join(v.flags) or "ok", _reason(v)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return format_table(rows)
 
 
 STORE_TIMEOUT = "the store did not answer in time"
@@ -285,12 +285,12 @@ def prometheus_text(views: List[JobView], now: float, stores: Dict[str, Dict[str
 
 def stats_line(views: List[JobView], stores: Dict[str, Dict[str, int]], seconds: float) -> str:
     """``--stats``: the cost of this view, on stderr."""
-    total = sum(n for t in stores.values() for k, n in t.items() if k != "bytes_read")
     kinds: Dict[str, int] = {}
     for t in stores.values():
         for k, n in t.items():
             if k != "bytes_read":
                 kinds[k] = kinds.get(k, 0) + n
+    total = sum(kinds.values())
     read = sum(t.get("bytes_read", 0) for t in stores.values())
     return ("status: %d jobs, %d store requests (%.1f per job: %s), %d bytes read, %.2fs"
             % (len(views), total, total / max(1, len(views)),
