@@ -125,7 +125,8 @@ def test_server_without_checksums(tmp_path, monkeypatch):
 
 
 def _race(b, key, n=8):
-    wins = []
+    """Eight writers put_if_absent the same key at once; returns (winners, errors other than ObjectExists)."""
+    wins, errors = [], []
     barrier = threading.Barrier(n)
 
     def go(i):
@@ -135,34 +136,44 @@ def _race(b, key, n=8):
             wins.append(i)
         except ObjectExists:
             pass
+        except Exception as exc:  # reported by the caller, never lost in a thread
+            errors.append("%s: %s" % (type(exc).__name__, exc))
 
     ts = [threading.Thread(target=go, args=(i,)) for i in range(n)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    return wins
+    return wins, errors
+
+
+RACES = int(os.environ.get("PJ_RACES", 30))
 
 
 def test_create_if_absent_race_behaviour_per_protocol(xrootd):
     """What docs/storage.md claims: root:// exactly one winner, always; WebDAV on XrdHttp (which
-    ignores Overwrite: F) a whole object from one writer, with double wins possible but rare."""
+    ignores Overwrite: F) a whole object from one writer, with double wins, and rarely no winner, possible.
+    PJ_RACES=200 runs more WebDAV races than CI's 30."""
     from persistjob.storage import get_backend
 
     root = get_backend("%s/pj-race-%s" % (xrootd.root_url, uuid.uuid4().hex[:8]))
     assert root.atomic_create
     for i in range(30):
-        assert len(_race(root, "r/%d" % i)) == 1
+        wins, errors = _race(root, "r/%d" % i)
+        assert (len(wins), errors) == (1, [])
     http = get_backend("%s/pj-race-%s" % (xrootd.http_url, uuid.uuid4().hex[:8]))
     assert not http.atomic_create
-    doubles = 0
-    for i in range(30):
-        wins = _race(http, "r/%d" % i)
-        assert wins, "someone always wins"
-        assert http.get("r/%d" % i) in [b"writer-%d" % w for w in wins], "the object is one winner's, whole"
+    doubles = nobody = 0
+    for i in range(RACES):
+        wins, errors = _race(http, "r/%d" % i)
+        assert errors == [], errors
+        # Safety, asserted: the object is one writer's, whole, and a winner's when anyone believes it won.
+        # Not asserted: that someone wins. When none does, every writer goes as fenced (exit 75, re-run later).
+        assert http.get("r/%d" % i) in [b"writer-%d" % w for w in (wins or range(8))]
         doubles += len(wins) > 1
-    # Reported, not asserted: how often two writers both believe they won depends on timing (docs/storage.md).
-    print("WebDAV on XrdHttp: %d of 30 races had more than one writer believing it won" % doubles)
+        nobody += not wins
+    print("WebDAV on XrdHttp: %d of %d races had more than one writer believing it won, %d had none"
+          % (doubles, RACES, nobody))
 
 
 def test_checksum_queries_are_bounded_per_server(xrootd):
