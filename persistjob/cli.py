@@ -338,7 +338,7 @@ def cmd_status(a: argparse.Namespace) -> int:
     t0 = time.monotonic()
     views, now = S.collect_status(_scheduler(a), a.constraint, a.store, idle_long=a.idle_long,
                                   default_interval=C.DEFAULT_INTERVAL, fenced_window=a.fenced_window, timeout=a.timeout,
-                                  stores=stores)
+                                  stores=stores, from_log=a.from_log)
     if a.stats:
         print(S.stats_line(views, stores.totals(), time.monotonic() - t0), file=sys.stderr)
     if a.format == "prometheus":
@@ -444,9 +444,10 @@ def cmd_wq_workers(a: argparse.Namespace) -> int:
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The command line.  With ``only``, the options of the other commands are left out: they cost
-    more start-up time than a short command takes (``persistjob submit`` is measured against
-    ``condor_submit``); their names and help lines stay, so usage and errors read the same."""
+    """The command line.  With ``only`` (a command word the line is known to hold), the other commands
+    are left out: their parsers cost more start-up time than a short command takes (``persistjob
+    submit`` is measured against ``condor_submit``); the top-level usage names COMMAND, not the list,
+    so usage and errors read the same."""
     p = _Parser(prog="persistjob", description="Persistent jobs on batch and grid schedulers.")
     p.add_argument("--version", action="version", version="persistjob " + __version__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -454,9 +455,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (kwargs, fill) in _COMMANDS.items():
-        sp = sub.add_parser(name, **kwargs)
         if only is None or only == name:
-            fill(sp)
+            fill(sub.add_parser(name, **kwargs))
     return p
 
 
@@ -551,6 +551,8 @@ def _fill_status(st: argparse.ArgumentParser) -> None:
     st.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
                     help="prometheus: the text exposition format, for the node exporter's textfile collector")
     st.add_argument("--stats", action="store_true", help="print the store requests and time this view cost (stderr)")
+    st.add_argument("--from-log", action="store_true",
+                    help="read every job's log (about 5 requests per job) instead of its summary (1)")
     st.add_argument("--constraint")
     st.add_argument("--store", help="override the job ads' PersistStore")
     st.add_argument("--idle-long", type=_duration, default=3600.0)

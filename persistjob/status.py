@@ -25,13 +25,15 @@ class JobView:
         self.commit_seconds = 0.0  # how long the newest commit took
         self.bytes: Optional[int] = None  # bytes of the newest generation
         self.store_answered = False
+        self.from_summary = False  # read from the job's summary, not confirmed from its log
         self.flags: List[str] = list(flags or [])
 
     def as_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in self.ad.items() if v is not None}
         d.update(generation=self.generation, last_commit=self.last_commit, runs=self.runs,
                  crash_streak=self.crash_streak, lost_runs=self.lost, fenced=self.fenced,
-                 fenced_incidents=self.fenced_incidents, flags=self.flags)
+                 fenced_incidents=self.fenced_incidents, flags=self.flags,
+                 read_from="summary" if self.from_summary else ("log" if self.store_answered else None))
         if self.store_error:
             d["store_error"] = self.store_error
         return d
@@ -94,7 +96,8 @@ def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: floa
 
 
 class StoreCache:
-    """One storage client per store URL (jobs of one submission share their store)."""
+    """One storage client per store URL (jobs of one submission share their store), and each store's
+    fenced notes from one listing."""
 
     def __init__(self, timeout: float) -> None:
         import threading
@@ -102,6 +105,21 @@ class StoreCache:
         self.timeout = timeout
         self._stores: Dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._fenced: Dict[str, Dict[str, List[float]]] = {}
+        self._fenced_locks: Dict[str, Any] = {}
+
+    def fenced(self, url: str, since: float) -> Dict[str, List[float]]:
+        """{job key: fenced-note times since ``since``} of one store, listed once per status."""
+        import threading
+
+        from .repo import fenced_index
+
+        with self._lock:
+            lock = self._fenced_locks.setdefault(url, threading.Lock())
+        with lock:
+            if url not in self._fenced:
+                self._fenced[url] = fenced_index(self.get(url), since)
+            return self._fenced[url]
 
     def get(self, url: str) -> Any:
         with self._lock:
@@ -118,8 +136,24 @@ class StoreCache:
             return {url: b.inner.totals() for url, b in self._stores.items()}
 
 
-def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float, stores: StoreCache) -> None:
-    """Fill the storage side of a job's view (newest commit, runs, fenced notes)."""
+def _fill_from(v: JobView, head: Any, committed: Optional[Dict[str, Any]], note_times: List[float]) -> None:
+    v.runs, v.generation, v.crash_streak, v.lost = head.run, head.generation, head.crash_streak, head.lost
+    v.last_commit = float(committed.get("time", 0)) if committed else None
+    v.commit_seconds = float(committed.get("seconds", 0) or 0) if committed else 0.0
+    v.bytes = int(committed.get("bytes", 0) or 0) if committed else None
+    v.fenced = len(note_times)
+    v.fenced_incidents, v.fenced_persists = fenced_incidents(note_times)
+    v.store_answered = True
+
+
+def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: float, stores: StoreCache,
+               from_log: bool = False) -> None:
+    """Fill the storage side of a job's view (newest commit, runs, fenced notes).
+
+    Unless ``from_log``: one read, the job's summary (a copy of a recent log record, never ahead of the
+    log), with the fenced notes from the store's one listing.  From the log: the head search, a walk
+    back to the newest commit where the record does not carry it, and the job's notes (old and new
+    places) -- what the caller does for a job that the summary would flag, before flagging it."""
     from .repo import JobRepo
 
     gid = v.ad.get("GlobalJobId")
@@ -127,22 +161,28 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         v.store_error = "no store URL in the job ad" if not store_url or "$$(" in store_url else "no GlobalJobId"
         return
     try:
-        repo = JobRepo(stores.get(store_url), str(gid))
+        store = stores.get(store_url)
+        repo = JobRepo(store, str(gid))
+        since = now - fenced_window
+        summary = None if from_log else repo.summary()
+        if summary is not None and (summary.committed is not None or summary.generation == 0):
+            _fill_from(v, summary, summary.committed, stores.fenced(store_url, since).get(repo.key, []))
+            v.from_summary = True
+            return
         head = repo.head()
-        v.runs = head.run
-        v.generation = head.generation
-        v.crash_streak = head.crash_streak
-        v.lost = head.lost
-        last = repo.last_commit(head)
-        v.last_commit = float(last.data.get("time", 0)) if last else None
-        v.commit_seconds = float(last.data.get("seconds", 0) or 0) if last else 0.0
-        v.bytes = int(last.data.get("bytes", 0) or 0) if last else None
-        notes = [n for n in repo.fenced_notes(since=now - fenced_window) if now - float(n.get("time", 0)) < fenced_window]
-        v.fenced = len(notes)
-        v.fenced_incidents, v.fenced_persists = fenced_incidents(float(n.get("time", 0)) for n in notes)
-        v.store_answered = True
+        committed = head.committed
+        if committed is None and head.generation:
+            last = repo.last_commit(head)
+            committed = dict(last.data) if last else None
+        times = [float(n.get("time", 0)) for n in repo.fenced_notes(since=since)]
+        _fill_from(v, head, committed, [t for t in times if now - t < fenced_window])
+        v.from_summary = False
     except PersistJobError as exc:
         v.store_error = exc.message
+
+
+#: Flags that a summary behind its log could raise wrongly: confirmed from the log before they are shown.
+CONFIRM_FROM_LOG = ("STALLED", "CRASHLOOP")
 
 
 def _label(ad: Dict[str, Any]) -> str:
@@ -178,22 +218,10 @@ def status_table(views: Iterable[JobView], now: float) -> str:
 STORE_TIMEOUT = "the store did not answer in time"
 
 
-def collect_status(scheduler: Scheduler, constraint: Optional[str], store_override: Optional[str], *,
-                   idle_long: float, default_interval: float, fenced_window: float,
-                   timeout: float = 20.0, clock: Any = time.time,
-                   stores: Optional[StoreCache] = None) -> Tuple[List[JobView], float]:
-    """Every persistent job's view, within ``timeout`` seconds whatever the stores do; and the one
-    "now" (read after the reads) from which all ages and flags are computed."""
-    views = [JobView(ad) for ad in scheduler.persistent_jobs(constraint)]
-    stores = StoreCache(max(1.0, timeout * 0.75)) if stores is None else stores
-    started = clock()
-
-    def fill(v: JobView) -> None:
-        store_view(v, store_override or v.ad.get(C.ATTR_STORE), fenced_window, started, stores)
-
-    # A few requests per job, by 8 daemon threads: a site check over a thousand jobs does not wait for
-    # them one after another, and a store that hangs is given up on at the deadline (a daemon thread
-    # still waiting on it does not keep the command from exiting).
+def _in_threads(views: List[JobView], fill: Any, deadline: float) -> None:
+    """``fill`` every view by 8 daemon threads until ``deadline``: a site check over a thousand jobs does
+    not wait for them one after another, and a store that hangs is given up on at the deadline (a daemon
+    thread still waiting on it does not keep the command from exiting)."""
     import queue
     import threading
 
@@ -212,10 +240,33 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     threads = [threading.Thread(target=work, name="persistjob-status", daemon=True) for _ in range(min(8, len(views)))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + timeout
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
+
+
+def collect_status(scheduler: Scheduler, constraint: Optional[str], store_override: Optional[str], *,
+                   idle_long: float, default_interval: float, fenced_window: float,
+                   timeout: float = 20.0, clock: Any = time.time,
+                   stores: Optional[StoreCache] = None, from_log: bool = False) -> Tuple[List[JobView], float]:
+    """Every persistent job's view, within ``timeout`` seconds whatever the stores do; and the one
+    "now" (read after the reads) from which all ages and flags are computed."""
+    views = [JobView(ad) for ad in scheduler.persistent_jobs(constraint)]
+    stores = StoreCache(max(1.0, timeout * 0.75)) if stores is None else stores
+    started = clock()
+    deadline = time.monotonic() + timeout
+
+    def url(v: JobView) -> Optional[str]:
+        return store_override or v.ad.get(C.ATTR_STORE)
+
+    _in_threads(views, lambda v: store_view(v, url(v), fenced_window, started, stores, from_log=from_log), deadline)
     now = clock()
+    # A summary behind its log could make a job look stalled or crash-looping: those are read again
+    # from the log before they are flagged.
+    doubtful = [v for v in views if v.from_summary and
+                set(flag_job(v, now, idle_long=idle_long, default_interval=default_interval)) & set(CONFIRM_FROM_LOG)]
+    if doubtful:
+        _in_threads(doubtful, lambda v: store_view(v, url(v), fenced_window, started, stores, from_log=True), deadline)
+        now = clock()
     for v in views:
         if not v.store_answered and not v.store_error:
             v.store_error = STORE_TIMEOUT

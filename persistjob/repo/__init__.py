@@ -30,12 +30,12 @@ from ..errors import (
     UnsafeManifest,
 )
 from ..storage import Backend
-from .layout import Layout, job_key
+from .layout import FENCED_ROOT, Layout, job_key
 from .log import EMPTY, JobLog, Record, host_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobRepo", "Restored", "Record", "EMPTY", "Layout", "job_key", "host_name", "retained_after"]
+__all__ = ["JobRepo", "Restored", "Record", "EMPTY", "Layout", "job_key", "host_name", "retained_after", "fenced_index"]
 
 Generation = Tuple[int, str]  # (generation number, manifest id)
 
@@ -62,6 +62,18 @@ def retained_after(new: Generation, old: Iterable[Generation], keep: int, drop: 
     dropped = set(drop)
     out = [new] + [r for r in old if r[1] != new[1] and r[1] not in dropped]
     return tuple(out[:max(1, keep)])
+
+
+def fenced_index(store: Backend, since: float) -> Dict[str, List[float]]:
+    """Every job's fenced-note times since ``since``, by job key, from one listing of the store-wide
+    prefix (the time is in a note's name: nothing is read).  Notes under the pre-summary per-job
+    prefix are not seen here; :meth:`JobRepo.fenced_notes` reads them."""
+    out: Dict[str, List[float]] = {}
+    for o in store.list(FENCED_ROOT):
+        stamp = Layout.fenced_time(o.key)
+        if stamp is not None and stamp >= int(since):
+            out.setdefault(Layout.fenced_owner(o.key), []).append(float(stamp))
+    return out
 
 
 #: How often a claim that lost the race for the next log record to a commit or an end record tries again.
@@ -127,6 +139,10 @@ class JobRepo:
 
     def runs(self) -> List[Dict[str, Any]]:
         return self.log.runs()
+
+    def summary(self) -> Optional[Record]:
+        """The job's summary: a recent log record, one read (maybe behind the log; never ahead)."""
+        return self.log.summary()
 
     def fenced_notes(self, since: Optional[float] = None) -> List[Dict[str, Any]]:
         return self.log.fenced_notes(since)
@@ -349,5 +365,6 @@ class JobRepo:
         head = self.head()
         keep = {self.keys.log(head.seq)} if head.kind == "removed" else set()
         keys = [o.key for o in self.store.list(self.keys.root) if o.key not in keep]
+        keys += [o.key for o in self.store.list(self.keys.fenced_dir)]
         self.store.delete_many(keys)
         return len(keys)

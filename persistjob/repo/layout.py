@@ -3,15 +3,24 @@
 Under ``<store URL>/<sha256(job id)>/``::
 
     log/000000000001     append-only records, written create-if-absent (the fencing)
-    head                 best-effort hint of a recent log sequence number
+    summary              a copy of a recent log record, rewritten after each append (best effort): the
+                         start of the log's head search, and ``status``'s one read per job
     manifests/<sha256>   a generation's file list (persistjob.codec)
     chunks/<sha256>      content chunks (persistjob.codec); the name is the hash of the raw data
     runs/<run>-<seq>     per-run accounting (JSON)
-    fenced/<time>-<pid>  notes left by instances that were refused (outside the log)
+
+and under ``<store URL>/fenced/<sha256(job id)>/``: ``<time>-<pid>``, notes left by instances that
+were refused (outside the log; one store-wide prefix, so that ``status`` lists them all at once).
+Stores written before the summary and the store-wide notes existed have notes under ``<sha256(job id)>/fenced/`` and a ``head`` hint; the
+notes are still read for one job (``JobLog.fenced_notes``), the hint is not (the summary replaces it).
 """
 
 import hashlib
 from typing import Optional
+
+
+#: The store-wide prefix of fenced notes: ``fenced/<job key>/<time>-<pid>``.
+FENCED_ROOT = "fenced/"
 
 
 def job_key(job_id: str) -> str:
@@ -29,8 +38,9 @@ class Layout:
         self.manifest_dir = self.root + "manifests/"
         self.chunk_dir = self.root + "chunks/"
         self.run_dir = self.root + "runs/"
-        self.fenced_dir = self.root + "fenced/"
-        self.head_hint = self.root + "head"
+        self.fenced_dir = FENCED_ROOT + self.root
+        self.old_fenced_dir = self.root + "fenced/"
+        self.summary = self.root + "summary"
 
     def log(self, seq: int) -> str:
         return "%s%012d" % (self.log_dir, seq)
@@ -61,6 +71,11 @@ class Layout:
         """The sequence number of a log key, or None for anything else."""
         name = cls.name(key)
         return int(name) if name.isdigit() else None
+
+    @staticmethod
+    def fenced_owner(key: str) -> str:
+        """The job key a store-wide fenced note belongs to."""
+        return key[len(FENCED_ROOT):].split("/", 1)[0]
 
     @classmethod
     def fenced_time(cls, key: str) -> Optional[int]:

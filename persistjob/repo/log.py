@@ -2,9 +2,12 @@
 
 A record is one of ``claim`` (a run takes the job), ``commit`` (a generation is published), ``end``
 (a run ended in order).  Every record carries the job's current state (run number, generation,
-manifest, retained generations, crash streak), so the newest record alone says everything the next
-run needs.  Two writers can never both create record N+1: the loser is *fenced* and stops.  Log
-records are never deleted.
+manifest, retained generations, crash streak, and when the newest commit was made, how long it took
+and how big it was), so the newest record alone says everything the next run and ``status`` need.
+Two writers can never both create record N+1: the loser is *fenced* and stops.  Log records are never
+deleted.  After each append the writer copies the record to the job's *summary* (best effort): the
+log's head search starts there, and ``status`` reads only it.  A summary may be behind the log (its
+writer died between the two writes, or an older instance's copy landed late); it is never ahead.
 """
 
 import json
@@ -22,7 +25,6 @@ from .layout import Layout
 
 log = logging.getLogger(__name__)
 
-HINT_EVERY = 64
 #: claim: a run takes the job; commit: a generation is published; end: a run ended in order;
 #: removed: the job was removed (persistjob rm): any instance still running is fenced by it.
 KINDS = ("claim", "commit", "end", "removed")
@@ -42,12 +44,17 @@ class Record(NamedTuple):
     crash_streak: int  # consecutive runs whose payload itself failed, without a new commit
     data: Dict[str, Any]
     lost: int = 0  # runs that vanished without an end record, or whose payload was killed from outside
+    #: The newest commit as of this record: its time, seconds taken, bytes and generation (None in
+    #: records written before it was carried: then walk back to the commit record).
+    committed: Optional[Dict[str, Any]] = None
 
     def to_bytes(self) -> bytes:
         body = dict(self.data)
         body.update(v=FORMAT_VERSION, seq=self.seq, kind=self.kind, run=self.run, generation=self.generation,
                     manifest=self.manifest, retained=[list(r) for r in self.retained], crash_streak=self.crash_streak,
                     lost=self.lost)
+        if self.committed is not None:
+            body["committed"] = self.committed
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -57,7 +64,9 @@ class Record(NamedTuple):
             version = int(d.pop("v", 1))
             rec = cls(int(d.pop("seq")), str(d.pop("kind")), int(d.pop("run")), int(d.pop("generation")),
                       d.pop("manifest"), tuple((int(g), str(m)) for g, m in d.pop("retained")),
-                      int(d.pop("crash_streak", 0)), d, int(d.pop("lost", 0)))
+                      int(d.pop("crash_streak", 0)), d, int(d.pop("lost", 0)), d.pop("committed", None))
+            if rec.committed is not None and not isinstance(rec.committed, dict):
+                raise TypeError("committed is not an object")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError("log record %d is malformed: %s" % (seq, exc)) from None
         check_format(version, "log record %d" % seq)
@@ -80,22 +89,33 @@ class JobLog:
         self.keys = Layout(job_id)
         self.clock = clock
 
-    def _read_hint(self) -> int:
+    def summary(self) -> Optional[Record]:
+        """The summary: a copy of a recent record, maybe behind the log (None when missing or unreadable)."""
         try:
-            return max(0, int(self.backend.get(self.keys.head_hint).decode().strip()))
-        except (ObjectNotFound, ValueError, UnicodeDecodeError):
-            return 0
+            blob = self.backend.get(self.keys.summary)
+        except ObjectNotFound:
+            return None
+        try:
+            d = json.loads(blob.decode())
+            return Record.from_bytes(blob, int(d["seq"]))
+        except (IntegrityError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            log.debug("log: unreadable summary (%s); reading the log", exc)
+            return None
 
     def get(self, seq: int) -> Record:
         return Record.from_bytes(self.backend.get(self.keys.log(seq)), seq)
 
     def head(self) -> Record:
-        """The newest readable record (EMPTY when the job has no log yet)."""
-        hint = self._read_hint()
-        start = self.keys.log(hint - 1) if hint > 1 else None
+        """The newest readable record (EMPTY when the job has no log yet): the summary, then a listing
+        of the log from the summary's record on (the whole log without a summary)."""
+        hint = self.summary()
+        start = self.keys.log(hint.seq - 1) if hint is not None and hint.seq > 1 else None
         seqs = [s for s in (Layout.seq_of(o.key) for o in self.backend.list(self.keys.log_dir, start)) if s]
-        if not seqs and start is not None:  # a hint from the future: ignore it
+        if not seqs and start is not None:  # a summary from the future (a purged and reused store): ignore it
+            hint = None
             seqs = [s for s in (Layout.seq_of(o.key) for o in self.backend.list(self.keys.log_dir)) if s]
+        if hint is not None and seqs and max(seqs) == hint.seq:
+            return hint  # the summary is the newest record: no need to read it again
         for seq in sorted(seqs, reverse=True):
             try:
                 return self.get(seq)
@@ -118,16 +138,19 @@ class JobLog:
         data.setdefault("pid", os.getpid())
         data.setdefault("nonce", uuid.uuid4().hex)
         fields.update(changes, seq=prev.seq + 1, kind=kind, data=data)
+        if kind == "commit":
+            fields["committed"] = {"time": data["time"], "seconds": data.get("seconds", 0),
+                                   "bytes": data.get("bytes", 0), "generation": fields["generation"]}
         rec = Record(**fields)
+        blob = rec.to_bytes()
         try:
-            self.backend.put_if_absent(self.keys.log(rec.seq), rec.to_bytes())
+            self.backend.put_if_absent(self.keys.log(rec.seq), blob)
         except ObjectExists:
             raise Fenced("log record %d was written by another instance of job %s" % (rec.seq, self.job_id)) from None
-        if rec.seq % HINT_EVERY == 0:
-            try:
-                self.backend.put(self.keys.head_hint, str(rec.seq).encode())
-            except Exception as exc:  # the hint is only a hint
-                log.debug("could not update log hint: %s", exc)
+        try:
+            self.backend.put(self.keys.summary, blob)
+        except Exception as exc:  # the summary is only a copy: readers check it against the log
+            log.debug("could not update the job's summary: %s", exc)
         return rec
 
     def superseded(self, mine: Record) -> bool:
@@ -152,7 +175,8 @@ class JobLog:
         """The notes left by refused instances; with ``since``, only those written since then (the
         time is in the note's name, so older ones are not even read)."""
         out = []
-        for o in self.backend.list(self.keys.fenced_dir):
+        listed = list(self.backend.list(self.keys.fenced_dir)) + list(self.backend.list(self.keys.old_fenced_dir))
+        for o in listed:
             stamp = Layout.fenced_time(o.key)
             if since is not None and stamp is not None and stamp < int(since):
                 continue

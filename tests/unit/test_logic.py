@@ -352,3 +352,57 @@ def test_a_claim_that_loses_to_another_claim_is_fenced(tmp_path):
     repo.check_fencing = lambda: None
     with pytest.raises(E.Fenced):
         repo.claim()
+
+
+def _counted(b):
+    """Record the key of every get and every listing's prefix of a backend (our own logic under test)."""
+    seen = []
+    real_get, real_list = b.get, b.list
+    b.get = lambda key: seen.append(("get", key)) or real_get(key)
+    b.list = lambda prefix, start_after=None: seen.append(("list", prefix)) or real_list(prefix, start_after)
+    return seen
+
+
+def test_the_log_head_search_starts_at_the_summary_and_never_trusts_it_ahead(tmp_path):
+    """The summary is a copy of the newest record: head() reads it and lists the log from there (two
+    requests, the record not read again).  Behind the log, head() finds the newer record; ahead of
+    it (a store purged and reused) or unreadable, it is ignored."""
+    from persistjob.repo.log import JobLog, Record
+
+    b = get_backend("file://%s" % tmp_path)
+    joblog = JobLog(b, "job#summary", clock=lambda: 1000.0)
+    head = joblog.head()
+    recs = []
+    for g in range(1, 6):
+        mid = "%064x" % g
+        head = joblog.append(head, "commit", generation=g, manifest=mid, retained=((g, mid),), data={"bytes": g})
+        recs.append(head)
+    head = joblog.append(head, "end")
+    assert head.committed == {"time": 1000.0, "seconds": 0, "bytes": 5, "generation": 5}
+    seen = _counted(b)
+    assert joblog.head() == head and [k for k, _ in seen] == ["get", "list"]
+    b.put(joblog.keys.summary, recs[2].to_bytes())  # behind: its writer died before the next copy
+    assert joblog.head() == head
+    ahead = Record(**dict(head._asdict(), seq=9)).to_bytes()
+    b.put(joblog.keys.summary, ahead)
+    assert joblog.head() == head
+    b.put(joblog.keys.summary, b"{not json")
+    assert joblog.head() == head and joblog.summary() is None
+
+
+def test_fenced_notes_live_under_one_store_wide_prefix_and_old_ones_are_still_read(tmp_path):
+    from persistjob.repo import JobRepo, fenced_index
+
+    b = get_backend("file://%s" % tmp_path)
+    now = [2_000_000.0]
+    a, other = JobRepo(b, "job#a", clock=lambda: now[0]), JobRepo(b, "job#b", clock=lambda: now[0])
+    a.log.note_fenced(1, "refused")
+    other.log.note_fenced(2, "refused")
+    b.put(a.keys.old_fenced_dir + "1999000-7", json.dumps({"time": 1_999_000.0, "why": "old place"}).encode())
+    assert fenced_index(b, 0) == {a.key: [2_000_000.0], other.key: [2_000_000.0]}
+    assert fenced_index(b, 2_000_001) == {}
+    assert sorted(n["why"] for n in a.fenced_notes()) == ["old place", "refused"]
+    a.retire()
+    a.purge()
+    assert fenced_index(b, 0) == {other.key: [2_000_000.0]}
+    assert a.fenced_notes() == []

@@ -433,3 +433,60 @@ def test_status_prometheus_output_and_stats_from_a_real_store(tmp_path):
     line = S.stats_line(views, stores.totals(), 0.5)
     total = int(sum(requests.values()))
     assert line.startswith("status: 3 jobs, %d store requests (%.1f per job: " % (total, total / 3)), line
+
+
+def test_status_reads_one_summary_per_job_and_confirms_from_the_log_what_it_would_flag(tmp_path):
+    """Status reads each job's summary (one GET) and the store's fenced notes (one listing).  A summary
+    behind its log that would make a running job look STALLED is read again from the log first: the
+    job that did commit is not flagged; the one that did not is.  --from-log reads every log."""
+    from persistjob import status as S
+    from persistjob.repo.log import JobLog
+    from persistjob.storage import get_backend
+
+    url = "file://%s" % (tmp_path / "store")
+    b = get_backend(url)
+    t0 = 1_700_000_000.0
+    ads = []
+    for i in range(10):
+        gid = "pool#%d.0#1" % i
+        clock = [t0]
+        joblog = JobLog(b, gid, clock=lambda: clock[0])
+        head = joblog.append(joblog.head(), "claim", run=1)
+        first = head = joblog.append(head, "commit", generation=1, manifest="%064x" % 1, retained=((1, "%064x" % 1),))
+        if i < 2:  # a second commit 3 hours later; job 0's summary is left behind at the first
+            clock[0] = t0 + 3 * 3600
+            head = joblog.append(head, "commit", generation=2, manifest="%064x" % 2, retained=((2, "%064x" % 2),))
+        if i == 0:
+            b.put(joblog.keys.summary, first.to_bytes())
+        ads.append({"ClusterId": i, "ProcId": 0, "GlobalJobId": gid, "JobStatus": 2, C.ATTR_STORE: url,
+                    "EnteredCurrentStatus": t0})
+    JobLog(b, "pool#9.0#1", clock=lambda: t0).note_fenced(2, "a duplicate")
+
+    class Schedd:
+        def persistent_jobs(self, constraint):
+            return ads
+
+    def status(**kw):
+        stores = S.StoreCache(10)
+        views, _ = S.collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600, fenced_window=86400,
+                                    clock=lambda: t0 + 3 * 3600 + 60, stores=stores, **kw)
+        return views, stores.totals()[url]
+
+    views, counts = status()
+    assert [v.generation for v in views] == [2, 2] + [1] * 8
+    assert [v.flags for v in views] == [[], []] + [["STALLED"]] * 8
+    # Every job looked stalled from its summary but job 1: those nine were read again from the log.
+    assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["log"] * 8
+    assert views[9].fenced == 1 and views[8].fenced == 0
+    # 10 summaries and one listing of notes; then per confirmed job: its summary again, a listing of its
+    # log and two of its notes (new and old place); job 0's newer record and job 9's note are read too.
+    assert (counts["get"], counts["list"]) == (10 + 9 + 2, 1 + 9 * 3), counts
+
+    for v in ads[2:]:  # the same jobs, idle: nothing to confirm
+        v["JobStatus"] = 1
+    views, counts = status()
+    assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["summary"] * 8
+    assert (counts.get("get"), counts.get("list")) == (10 + 2, 1 + 3), counts
+
+    views, counts = status(from_log=True)
+    assert {v.as_json()["read_from"] for v in views} == {"log"} and views[0].generation == 2
