@@ -12,8 +12,6 @@ where the site has it, and checkpoints are portable without it (docs/bundle.md s
 
 import hashlib
 import os
-import tempfile
-import zipfile
 from typing import Dict, List, Optional, Tuple
 
 from . import __version__
@@ -123,6 +121,9 @@ def contents() -> List[Tuple[str, str]]:
 
 def build(output: str) -> Dict[str, object]:
     """Write the bundle to ``output`` (atomically); return its id, size and file count."""
+    import tempfile  # here, not at the top: submitting with a cached bundle needs neither
+    import zipfile
+
     files = contents()
     digest = hashlib.sha256(__version__.encode())
     blobs: List[Tuple[str, bytes]] = []
