@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The load that persistent jobs put on their store: measured per run and per commit on a real
+SeaweedFS with the library (one job), then extrapolated to N jobs (docs/performance.md).
+
+One job's state is S MB (random, so nothing compresses; the 2010 talk's BOINC jobs carried 100 MB);
+each interval it changes C MB of it.  Measured: store requests and bytes of a run's start (claim and
+restore), of one commit, of a run's end.  Model: N jobs, a commit every I seconds, a run every L
+seconds (the slot lifetime), each run's start restoring the whole state on a fresh node:
+
+    requests/s = N * (commit_requests / I + (start_requests + end_requests) / L)
+    bytes/s up = N * commit_bytes / I;   bytes/s down = N * restore_bytes / L
+
+printed for N = 1,000 and 200,000 beside the 2010 talk's figure (1,000 jobs x 100 MB hourly: 27 MB/s,
+each checkpoint the whole state).  Shared content across jobs (issue 15, item 1) is not built yet: the
+rows without it are the only rows.
+
+Usage: python benchmarks/load_model.py [--mb 100] [--change-mb 1] [--interval 3600] [--lifetime 43200]
+"""
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from persistjob.repo import JobRepo  # noqa: E402
+from persistjob.storage import get_backend  # noqa: E402
+from persistjob.storage.counting import CountingBackend  # noqa: E402
+from tests.servers import SeaweedFS  # noqa: E402
+
+
+class Meter:
+    """Requests (all kinds) and bytes read between two readings of a CountingBackend; bytes written
+    come from the commit records."""
+
+    def __init__(self, b: CountingBackend) -> None:
+        self.b = b
+        self.mark()
+
+    def mark(self) -> None:
+        self.req, self.read = sum(self.b.requests.values()), self.b.bytes_read
+
+    def take(self):
+        out = (sum(self.b.requests.values()) - self.req, self.b.bytes_read - self.read)
+        self.mark()
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=100)
+    ap.add_argument("--change-mb", type=float, default=1.0)
+    ap.add_argument("--interval", type=float, default=3600.0)
+    ap.add_argument("--lifetime", type=float, default=12 * 3600.0)
+    ap.add_argument("--commits", type=int, default=5)
+    a = ap.parse_args()
+    server = SeaweedFS(tempfile.mkdtemp(prefix="pj-load-")).start()
+    try:
+        os.environ.update(server.env())
+        b = CountingBackend(get_backend("s3://%s/load" % server.make_bucket()))
+        m = Meter(b)
+        rng = random.Random(3)
+        with tempfile.TemporaryDirectory(prefix="pj-load-ws-") as work:
+            src, dst = os.path.join(work, "src"), os.path.join(work, "dst")
+            os.makedirs(src)
+            os.makedirs(dst)
+            for i in range(10):
+                with open(os.path.join(src, "part%d.bin" % i), "wb") as f:
+                    f.write(os.urandom((a.mb << 20) // 10))
+            repo = JobRepo(b, "load#1.0#1")
+            repo.claim()
+            ws = repo.workspace(src, racy=0)
+            repo.commit(ws, ws.snapshot())
+            m.take()
+            commits = []
+            for _ in range(a.commits):
+                path = os.path.join(src, "part%d.bin" % rng.randrange(10))
+                with open(path, "r+b") as f:
+                    f.seek(rng.randrange((a.mb << 20) // 10 - int(a.change_mb * 2 ** 20)))
+                    f.write(os.urandom(int(a.change_mb * 2 ** 20)))
+                rec = repo.commit(ws, ws.snapshot())
+                req, _ = m.take()
+                commits.append((req, rec.data["uploaded"]))
+            ws.close()
+            repo.end_run(0, "load model")
+            end_req, _ = m.take()
+            # a run's start on a fresh node: claim (with the fencing probe) and a full restore
+            repo = JobRepo(b, "load#1.0#1")
+            repo.claim()
+            ws = repo.workspace(dst, racy=0)
+            repo.restore(ws)
+            ws.close()
+            start_req, restore_bytes = m.take()
+        commit_req = sum(r for r, _ in commits) / len(commits)
+        commit_bytes = sum(u for _, u in commits) / len(commits)
+        print("measured on SeaweedFS 4.48, one job, state %d MB random, %.1f MB changed per commit:" % (a.mb, a.change_mb))
+        print("   commit: %.1f requests, %.2f MB uploaded (mean of %d)" % (commit_req, commit_bytes / 2 ** 20, len(commits)))
+        print("   run start (claim + full restore): %d requests, %.1f MB read; run end: %d requests"
+              % (start_req, restore_bytes / 2 ** 20, end_req))
+        print("model: a commit every %.0f s, a new run (fresh node, full restore) every %.0f s" % (a.interval, a.lifetime))
+        print("   %9s  %12s  %12s  %14s" % ("jobs", "requests/s", "MB/s up", "MB/s down"))
+        for n in (1000, 200000):
+            rps = n * (commit_req / a.interval + (start_req + end_req) / a.lifetime)
+            up = n * commit_bytes / a.interval / 2 ** 20
+            down = n * restore_bytes / a.lifetime / 2 ** 20
+            print("   %9d  %12.1f  %12.2f  %14.2f" % (n, rps, up, down))
+        print("   2010 talk: 1,000 jobs x 100 MB hourly, whole state each time: %.1f MB/s" % (1000 * 100 / 3600.0))
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
