@@ -105,21 +105,32 @@ class StoreCache:
         self.timeout = timeout
         self._stores: Dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._fenced: Dict[str, Dict[str, List[float]]] = {}
-        self._fenced_locks: Dict[str, Any] = {}
+        self._listed: Dict[Tuple[str, str], Any] = {}
+        self._list_locks: Dict[Tuple[str, str], Any] = {}
+        #: Stores with enough jobs in this view that one listing of every job's summary beats one per job.
+        self.bulk: set = set()
+
+    def _once(self, what: str, url: str, make: Any) -> Any:
+        import threading
+
+        with self._lock:
+            lock = self._list_locks.setdefault((what, url), threading.Lock())
+        with lock:
+            if (what, url) not in self._listed:
+                self._listed[(what, url)] = make(self.get(url))
+            return self._listed[(what, url)]
 
     def fenced(self, url: str, since: float) -> Dict[str, List[float]]:
         """{job key: fenced-note times since ``since``} of one store, listed once per status."""
-        import threading
-
         from .repo import fenced_index
 
-        with self._lock:
-            lock = self._fenced_locks.setdefault(url, threading.Lock())
-        with lock:
-            if url not in self._fenced:
-                self._fenced[url] = fenced_index(self.get(url), since)
-            return self._fenced[url]
+        return self._once("fenced", url, lambda store: fenced_index(store, since))
+
+    def summaries(self, url: str) -> Dict[str, Any]:
+        """{job key: newest summary} of one store, listed once per status."""
+        from .repo import summary_index
+
+        return self._once("summaries", url, summary_index)
 
     def get(self, url: str) -> Any:
         with self._lock:
@@ -150,10 +161,11 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
                from_log: bool = False) -> None:
     """Fill the storage side of a job's view (newest commit, runs, fenced notes).
 
-    Unless ``from_log``: one read, the job's summary (a copy of a recent log record, never ahead of the
-    log), with the fenced notes from the store's one listing.  From the log: the head search, a walk
-    back to the newest commit where the record does not carry it, and the job's notes (old and new
-    places) -- what the caller does for a job that the summary would flag, before flagging it."""
+    Unless ``from_log``: the job's summary (a recent log record's state in a key name, never ahead of
+    the log) from the store's one listing of all summaries (a store with many jobs in this view) or
+    its own, and the fenced notes from the store's one listing.  From the log: the head search, a
+    walk back to the newest commit where the record does not carry it, and the job's notes (old and
+    new places) -- what the caller does for a job that the summary would flag, before flagging it."""
     from .repo import JobRepo
 
     gid = v.ad.get("GlobalJobId")
@@ -164,7 +176,12 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
         store = stores.get(store_url)
         repo = JobRepo(store, str(gid))
         since = now - fenced_window
-        summary = None if from_log else repo.summary()
+        if from_log:
+            summary = None
+        elif store_url in stores.bulk:
+            summary = stores.summaries(store_url).get(repo.key)
+        else:
+            summary = repo.summary()
         if summary is not None and (summary.committed is not None or summary.generation == 0):
             _fill_from(v, summary, summary.committed, stores.fenced(store_url, since).get(repo.key, []))
             v.from_summary = True
@@ -180,6 +197,11 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
     except PersistJobError as exc:
         v.store_error = exc.message
 
+
+#: From this many jobs of one store in a view on, status lists all the store's summaries at once (a
+#: thousand per request on S3) rather than each job's: a store shared by many more jobs than are asked
+#: about is not listed whole for a few.
+BULK_MIN = 20
 
 #: Flags that a summary behind its log could raise wrongly: confirmed from the log before they are shown.
 CONFIRM_FROM_LOG = ("STALLED", "CRASHLOOP")
@@ -257,6 +279,11 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
 
     def url(v: JobView) -> Optional[str]:
         return store_override or v.ad.get(C.ATTR_STORE)
+
+    per_store: Dict[Optional[str], int] = {}
+    for v in views:
+        per_store[url(v)] = per_store.get(url(v), 0) + 1
+    stores.bulk = {u for u, n in per_store.items() if u and n >= BULK_MIN}
 
     _in_threads(views, lambda v: store_view(v, url(v), fenced_window, started, stores, from_log=from_log), deadline)
     now = clock()

@@ -3,24 +3,66 @@
 Under ``<store URL>/<sha256(job id)>/``::
 
     log/000000000001     append-only records, written create-if-absent (the fencing)
-    summary              a copy of a recent log record, rewritten after each append (best effort): the
-                         start of the log's head search, and ``status``'s one read per job
     manifests/<sha256>   a generation's file list (persistjob.codec)
     chunks/<sha256>      content chunks (persistjob.codec); the name is the hash of the raw data
     runs/<run>-<seq>     per-run accounting (JSON)
 
-and under ``<store URL>/fenced/<sha256(job id)>/``: ``<time>-<pid>``, notes left by instances that
-were refused (outside the log; one store-wide prefix, so that ``status`` lists them all at once).
-Stores written before the summary and the store-wide notes existed have notes under ``<sha256(job id)>/fenced/`` and a ``head`` hint; the
-notes are still read for one job (``JobLog.fenced_notes``), the hint is not (the summary replaces it).
+and under two store-wide prefixes, so that ``status`` lists every job's at once:
+
+    summary/<sha256(job id)>/<state>    an object whose *name* carries a recent log record's state
+                                        (``summary_name``; its body is the record), rewritten after
+                                        each append (best effort)
+    fenced/<sha256(job id)>/<time>-<pid>  notes left by instances that were refused (outside the log)
+
+Stores written before these existed have notes under ``<sha256(job id)>/fenced/`` and a ``head``
+hint; the notes are still read for one job (``JobLog.fenced_notes``), the hint is not.
 """
 
 import hashlib
-from typing import Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 
 #: The store-wide prefix of fenced notes: ``fenced/<job key>/<time>-<pid>``.
 FENCED_ROOT = "fenced/"
+#: The store-wide prefix of summaries: ``summary/<job key>/<state>``.
+SUMMARY_ROOT = "summary/"
+
+
+class Summary(NamedTuple):
+    """A job's state as a summary's key name carries it: the record's sequence number, kind, run,
+    generation, crash streak and lost runs, and the newest commit (time, seconds, bytes, generation)."""
+
+    seq: int
+    kind: str
+    run: int
+    generation: int
+    crash_streak: int
+    lost: int
+    committed: Optional[Dict[str, Any]]
+
+
+def summary_name(s: Summary) -> str:
+    """``<seq>.<kind>.<run>.<generation>.<crash streak>.<lost>``, then when there was a commit
+    ``.<its time, ms>.<its duration, ms>.<its bytes>.<its generation>``."""
+    parts = ["%012d" % s.seq, s.kind, str(s.run), str(s.generation), str(s.crash_streak), str(s.lost)]
+    c = s.committed
+    if c is not None:
+        parts += [str(int(round(float(c.get("time", 0)) * 1000))),
+                  str(int(round(float(c.get("seconds", 0) or 0) * 1000))),
+                  str(int(c.get("bytes", 0) or 0)), str(int(c.get("generation", 0) or 0))]
+    return ".".join(parts)
+
+
+def parse_summary(name: str) -> Optional[Summary]:
+    """The state in a summary's name (None for a name that is not one)."""
+    p = name.split(".")
+    if len(p) not in (6, 10) or not p[1].isalpha() or not all(x.isdigit() for i, x in enumerate(p) if i != 1):
+        return None
+    committed = None
+    if len(p) == 10:
+        committed = {"time": int(p[6]) / 1000.0, "seconds": int(p[7]) / 1000.0, "bytes": int(p[8]),
+                     "generation": int(p[9])}
+    return Summary(int(p[0]), p[1], int(p[2]), int(p[3]), int(p[4]), int(p[5]), committed)
 
 
 def job_key(job_id: str) -> str:
@@ -40,7 +82,10 @@ class Layout:
         self.run_dir = self.root + "runs/"
         self.fenced_dir = FENCED_ROOT + self.root
         self.old_fenced_dir = self.root + "fenced/"
-        self.summary = self.root + "summary"
+        self.summary_dir = SUMMARY_ROOT + self.root
+
+    def summary(self, s: Summary) -> str:
+        return self.summary_dir + summary_name(s)
 
     def log(self, seq: int) -> str:
         return "%s%012d" % (self.log_dir, seq)
@@ -76,6 +121,11 @@ class Layout:
     def fenced_owner(key: str) -> str:
         """The job key a store-wide fenced note belongs to."""
         return key[len(FENCED_ROOT):].split("/", 1)[0]
+
+    @staticmethod
+    def summary_owner(key: str) -> str:
+        """The job key a store-wide summary belongs to."""
+        return key[len(SUMMARY_ROOT):].split("/", 1)[0]
 
     @classmethod
     def fenced_time(cls, key: str) -> Optional[int]:

@@ -5,9 +5,10 @@ A record is one of ``claim`` (a run takes the job), ``commit`` (a generation is 
 manifest, retained generations, crash streak, and when the newest commit was made, how long it took
 and how big it was), so the newest record alone says everything the next run and ``status`` need.
 Two writers can never both create record N+1: the loser is *fenced* and stops.  Log records are never
-deleted.  After each append the writer copies the record to the job's *summary* (best effort): the
-log's head search starts there, and ``status`` reads only it.  A summary may be behind the log (its
-writer died between the two writes, or an older instance's copy landed late); it is never ahead.
+deleted.  After each append the writer names the record's state in the job's *summary* (an object
+whose key carries it and whose body is the record, best effort; the older summaries it knows of are deleted): the log's
+head search starts there, and ``status`` lists every job's summary at once.  A summary may be behind
+the log (its writer died between the two writes, or an older instance's landed late); it is never ahead.
 """
 
 import json
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tu
 from ..codec import FORMAT_VERSION, check_format, is_hash
 from ..errors import Fenced, IntegrityError, ObjectExists, ObjectNotFound
 from ..storage import Backend
-from .layout import Layout
+from .layout import Layout, Summary, parse_summary
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +89,13 @@ class JobLog:
         self.job_id = job_id
         self.keys = Layout(job_id)
         self.clock = clock
+        self._summaries: List[str] = []  # the summary keys this instance knows of (deleted at its next append)
 
-    def summary(self) -> Optional[Record]:
-        """The summary: a copy of a recent record, maybe behind the log (None when missing or unreadable)."""
-        try:
-            blob = self.backend.get(self.keys.summary)
-        except ObjectNotFound:
-            return None
-        try:
-            d = json.loads(blob.decode())
-            return Record.from_bytes(blob, int(d["seq"]))
-        except (IntegrityError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            log.debug("log: unreadable summary (%s); reading the log", exc)
-            return None
+    def summary(self) -> Optional[Summary]:
+        """The newest of the job's summaries (one listing; maybe behind the log; None when there is none)."""
+        self._summaries = [o.key for o in self.backend.list(self.keys.summary_dir)]
+        found = [s for s in (parse_summary(Layout.name(k)) for k in self._summaries) if s is not None]
+        return max(found, key=lambda x: x.seq) if found else None
 
     def get(self, seq: int) -> Record:
         return Record.from_bytes(self.backend.get(self.keys.log(seq)), seq)
@@ -112,10 +107,7 @@ class JobLog:
         start = self.keys.log(hint.seq - 1) if hint is not None and hint.seq > 1 else None
         seqs = [s for s in (Layout.seq_of(o.key) for o in self.backend.list(self.keys.log_dir, start)) if s]
         if not seqs and start is not None:  # a summary from the future (a purged and reused store): ignore it
-            hint = None
             seqs = [s for s in (Layout.seq_of(o.key) for o in self.backend.list(self.keys.log_dir)) if s]
-        if hint is not None and seqs and max(seqs) == hint.seq:
-            return hint  # the summary is the newest record: no need to read it again
         for seq in sorted(seqs, reverse=True):
             try:
                 return self.get(seq)
@@ -147,11 +139,22 @@ class JobLog:
             self.backend.put_if_absent(self.keys.log(rec.seq), blob)
         except ObjectExists:
             raise Fenced("log record %d was written by another instance of job %s" % (rec.seq, self.job_id)) from None
-        try:
-            self.backend.put(self.keys.summary, blob)
-        except Exception as exc:  # the summary is only a copy: readers check it against the log
-            log.debug("could not update the job's summary: %s", exc)
+        self._summarize(rec, blob)
         return rec
+
+    def _summarize(self, rec: Record, blob: bytes) -> None:
+        """Name the record's state in a new summary, then delete the older ones this instance knows of.
+        The summary holds the record's bytes: never an empty body (SeaweedFS 4.48 leaves the connection
+        of an empty PUT unusable: the next request on it waits 60 s for its answer)."""
+        key = self.keys.summary(Summary(rec.seq, rec.kind, rec.run, rec.generation, rec.crash_streak, rec.lost,
+                                        rec.committed))
+        try:
+            self.backend.put(key, blob)
+            old, self._summaries = [k for k in self._summaries if k != key], [key]
+            if old:
+                self.backend.delete_many(old)
+        except Exception as exc:  # the summary is only a hint: readers check it against the log
+            log.debug("could not update the job's summary: %s", exc)
 
     def superseded(self, mine: Record) -> bool:
         """True when someone appended after our newest record."""

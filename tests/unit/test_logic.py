@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from persistjob.repo.layout import Layout
+
 from persistjob import contract as C
 from persistjob import errors as E
 from persistjob.codec import Entry, decode_chunk, decode_manifest, encode_chunk, encode_manifest
@@ -364,30 +366,37 @@ def _counted(b):
 
 
 def test_the_log_head_search_starts_at_the_summary_and_never_trusts_it_ahead(tmp_path):
-    """The summary is a copy of the newest record: head() reads it and lists the log from there (two
-    requests, the record not read again).  Behind the log, head() finds the newer record; ahead of
-    it (a store purged and reused) or unreadable, it is ignored."""
-    from persistjob.repo.log import JobLog, Record
+    """The summary names the newest record's state in its key: head() lists it, lists the log from
+    there and reads the newest record (three requests, however long the log); older summaries are
+    deleted by the next append.  Behind the log, head() finds the newer record; ahead of it (a
+    store purged and reused) or not a summary's name, it is ignored."""
+    from persistjob.repo import summary_index
+    from persistjob.repo.layout import Summary
+    from persistjob.repo.log import JobLog
 
     b = get_backend("file://%s" % tmp_path)
     joblog = JobLog(b, "job#summary", clock=lambda: 1000.0)
     head = joblog.head()
-    recs = []
     for g in range(1, 6):
         mid = "%064x" % g
         head = joblog.append(head, "commit", generation=g, manifest=mid, retained=((g, mid),), data={"bytes": g})
-        recs.append(head)
-    head = joblog.append(head, "end")
+    head = joblog.append(head, "end", crash_streak=2)
     assert head.committed == {"time": 1000.0, "seconds": 0, "bytes": 5, "generation": 5}
+    assert list(summary_index(b).values()) == [Summary(6, "end", 0, 5, 2, 0, head.committed)]
     seen = _counted(b)
-    assert joblog.head() == head and [k for k, _ in seen] == ["get", "list"]
-    b.put(joblog.keys.summary, recs[2].to_bytes())  # behind: its writer died before the next copy
+    assert JobLog(b, "job#summary").head() == head and [k for k, _ in seen] == ["list", "list", "get"]
+    assert seen[1] == ("list", joblog.keys.log_dir)
+    behind = joblog.keys.summary(Summary(3, "commit", 0, 3, 0, 0, None))
+    b.put(behind, b"x")  # an older instance's summary that landed late
+    assert JobLog(b, "job#summary").summary().seq == 6 and joblog.head() == head
+    b.delete_many([k for k in (o.key for o in b.list(joblog.keys.summary_dir)) if k != behind])
+    assert joblog.head() == head  # only the stale one left: the log listing from it finds record 6
+    b.put(joblog.keys.summary(Summary(9, "claim", 0, 5, 0, 0, None)), b"x")  # ahead of the log
+    b.put(joblog.keys.summary_dir + "not-a-summary", b"x")
     assert joblog.head() == head
-    ahead = Record(**dict(head._asdict(), seq=9)).to_bytes()
-    b.put(joblog.keys.summary, ahead)
-    assert joblog.head() == head
-    b.put(joblog.keys.summary, b"{not json")
-    assert joblog.head() == head and joblog.summary() is None
+    later = JobLog(b, "job#summary")
+    rec = later.append(later.head(), "claim", run=1)  # deletes every summary it saw
+    assert [Layout.name(o.key).split(".")[0] for o in b.list(joblog.keys.summary_dir)] == ["%012d" % rec.seq]
 
 
 def test_fenced_notes_live_under_one_store_wide_prefix_and_old_ones_are_still_read(tmp_path):

@@ -429,17 +429,19 @@ def test_status_prometheus_output_and_stats_from_a_real_store(tmp_path):
     assert {s.labels["job"]: s.value for s in fams["persistjob_job_bytes"].samples} == {"1.0": 5000, "2.0": 5000}
     assert [(s.labels["job"], s.labels["flag"]) for s in fams["persistjob_job_flag"].samples] == [("3.0", "HELD")]
     requests = {s.labels["kind"]: s.value for s in fams["persistjob_store_requests"].samples}
-    assert requests["get"] >= 3 and all(s.labels["store"] == url for s in fams["persistjob_store_requests"].samples)
+    assert requests["list"] >= 3 and all(s.labels["store"] == url for s in fams["persistjob_store_requests"].samples)
     line = S.stats_line(views, stores.totals(), 0.5)
     total = int(sum(requests.values()))
     assert line.startswith("status: 3 jobs, %d store requests (%.1f per job: " % (total, total / 3)), line
 
 
-def test_status_reads_one_summary_per_job_and_confirms_from_the_log_what_it_would_flag(tmp_path):
-    """Status reads each job's summary (one GET) and the store's fenced notes (one listing).  A summary
+def test_status_lists_the_summaries_and_confirms_from_the_log_what_they_would_flag(tmp_path, monkeypatch):
+    """Status lists every job's summary and the fenced notes of a store (one listing each, whatever
+    the number of jobs; with fewer than BULK_MIN jobs of a store, one listing per job).  A summary
     behind its log that would make a running job look STALLED is read again from the log first: the
-    job that did commit is not flagged; the one that did not is.  --from-log reads every log."""
+    job that did commit is not flagged; those that did not are.  --from-log reads every log."""
     from persistjob import status as S
+    from persistjob.repo.layout import Summary
     from persistjob.repo.log import JobLog
     from persistjob.storage import get_backend
 
@@ -457,7 +459,8 @@ def test_status_reads_one_summary_per_job_and_confirms_from_the_log_what_it_woul
             clock[0] = t0 + 3 * 3600
             head = joblog.append(head, "commit", generation=2, manifest="%064x" % 2, retained=((2, "%064x" % 2),))
         if i == 0:
-            b.put(joblog.keys.summary, first.to_bytes())
+            b.delete_many([o.key for o in b.list(joblog.keys.summary_dir)])
+            b.put(joblog.keys.summary(Summary(first.seq, "commit", 1, 1, 0, 0, first.committed)), first.to_bytes())
         ads.append({"ClusterId": i, "ProcId": 0, "GlobalJobId": gid, "JobStatus": 2, C.ATTR_STORE: url,
                     "EnteredCurrentStatus": t0})
     JobLog(b, "pool#9.0#1", clock=lambda: t0).note_fenced(2, "a duplicate")
@@ -472,21 +475,25 @@ def test_status_reads_one_summary_per_job_and_confirms_from_the_log_what_it_woul
                                     clock=lambda: t0 + 3 * 3600 + 60, stores=stores, **kw)
         return views, stores.totals()[url]
 
-    views, counts = status()
-    assert [v.generation for v in views] == [2, 2] + [1] * 8
-    assert [v.flags for v in views] == [[], []] + [["STALLED"]] * 8
-    # Every job looked stalled from its summary but job 1: those nine were read again from the log.
-    assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["log"] * 8
-    assert views[9].fenced == 1 and views[8].fenced == 0
-    # 10 summaries and one listing of notes; then per confirmed job: its summary again, a listing of its
-    # log and two of its notes (new and old place); job 0's newer record and job 9's note are read too.
-    assert (counts["get"], counts["list"]) == (10 + 9 + 2, 1 + 9 * 3), counts
+    for bulk_min, summary_lists in ((11, 10), (5, 1)):  # 10 jobs: fewer than BULK_MIN, then more
+        monkeypatch.setattr(S, "BULK_MIN", bulk_min)
+        for v in ads:
+            v["JobStatus"] = 2
+        views, counts = status()
+        assert [v.generation for v in views] == [2, 2] + [1] * 8
+        assert [v.flags for v in views] == [[], []] + [["STALLED"]] * 8
+        # Every job looked stalled from its summary but job 1: those nine were read again from the log.
+        assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["log"] * 8
+        assert views[9].fenced == 1 and views[8].fenced == 0
+        # The summaries and the notes listed; then per confirmed job its summary, its log and its notes in
+        # two places listed, and its newest record read (and job 9's note).
+        assert (counts["list"], counts["get"]) == (summary_lists + 1 + 9 * 4, 9 + 1), counts
 
-    for v in ads[2:]:  # the same jobs, idle: nothing to confirm
-        v["JobStatus"] = 1
-    views, counts = status()
-    assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["summary"] * 8
-    assert (counts.get("get"), counts.get("list")) == (10 + 2, 1 + 3), counts
+        for v in ads[2:]:  # the same jobs, idle: nothing to confirm but job 0
+            v["JobStatus"] = 1
+        views, counts = status()
+        assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["summary"] * 8
+        assert (counts["list"], counts.get("get")) == (summary_lists + 1 + 4, 1), counts
 
     views, counts = status(from_log=True)
     assert {v.as_json()["read_from"] for v in views} == {"log"} and views[0].generation == 2
