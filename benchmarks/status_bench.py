@@ -4,8 +4,8 @@
 1. Submits N idle, held persistent jobs to the sandbox pool (``persistjob submit --count N``, held).
 2. Gives each of them a store with real commits, with the library in this one process (not N
    wrappers): per job R runs of G commits each (a claim, G commits of a small file, an end record).
-3. Times, side by side in one run (alternating), ``persistjob status --stats`` (each job's summary:
-   one read) and ``persistjob status --from-log --stats`` (each job's log: the path before summaries),
+3. Times, side by side in one run (alternating), ``persistjob status --stats`` (every job's summary
+   from one listing of the store) and ``persistjob status --from-log --stats`` (each job's log),
    and ``condor_q`` of the same jobs for scale.  Prints seconds and store requests per job.
 
 Target (issue 15): under 30 s for 10,000 jobs, a bounded number of requests per job.
@@ -27,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from persistjob.errors import Fenced  # noqa: E402
 from persistjob.repo import JobRepo  # noqa: E402
+from persistjob.repo.log import JobLog  # noqa: E402
 from persistjob.storage import get_backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 
@@ -58,6 +60,7 @@ def fill_stores(store: str, gids: list, runs: int, commits: int, workdir: str) -
     """Real claims, commits and end records for every job, 8 threads; returns the seconds it took."""
     backend = get_backend(store)
     done = [0]
+    odd: list = []
     lock = threading.Lock()
 
     def one(i_gid):
@@ -67,7 +70,17 @@ def fill_stores(store: str, gids: list, runs: int, commits: int, workdir: str) -
         for run in range(runs):
             repo = JobRepo(backend, gid)
             repo.check_fencing = lambda: None  # the pool's one store was probed by the submit's first run
-            repo.claim()
+            try:
+                repo.claim()
+            except Fenced:
+                # Nobody else writes these keys.  Seen once at 10,000 jobs: SeaweedFS answered 412 to the
+                # create of a fresh job's first record.  Say whose the record is, and claim after it.
+                rec = JobLog(backend, gid).get(1)
+                with lock:
+                    odd.append(rec.data.get("pid") == os.getpid())
+                repo = JobRepo(backend, gid)
+                repo.check_fencing = lambda: None
+                repo.claim()
             ws = repo.workspace(d, racy=0)
             for g in range(commits):
                 with open(os.path.join(d, "state"), "w") as f:
@@ -83,6 +96,9 @@ def fill_stores(store: str, gids: list, runs: int, commits: int, workdir: str) -
     t = time.monotonic()
     with ThreadPoolExecutor(8) as ex:
         list(ex.map(one, enumerate(gids)))
+    if odd:
+        print("   %d claim(s) of a fresh job were refused (412) by the store; the record there was written by "
+              "this process in %d of them" % (len(odd), sum(odd)))
     return time.monotonic() - t
 
 
@@ -127,7 +143,7 @@ def main() -> int:
             if r.returncode not in (0, 1) or not m or int(m.group(1)) != a.jobs:
                 raise SystemExit("status (%s) failed: rc %d\n%s" % (mode, r.returncode, r.stderr[-2000:]))
             unread = r.stdout.count('"store_error"')
-            seen[mode] = (float(m.group(3)), m.group(4), unread)
+            seen[mode] = (int(m.group(2)), m.group(4), unread)
             return dt
 
         times = alternate(a.rounds, ("summary", "from log"), status)
@@ -137,14 +153,14 @@ def main() -> int:
         m = statistics.median
         print("persistjob status over %d jobs (median of %d, alternating; wall time of the command)" % (a.jobs, a.rounds))
         for mode in ("summary", "from log"):
-            per, kinds, unread = seen[mode]
-            print("   %-9s %6.1fs  %.2f store requests per job (%s)%s"
-                  % (mode, m(times[mode]), per, kinds, ", %d jobs unread" % unread if unread else ""))
+            total, kinds, unread = seen[mode]
+            print("   %-9s %6.1fs  %d store requests, %.4f per job (%s)%s"
+                  % (mode, m(times[mode]), total, total / a.jobs, kinds, ", %d jobs unread" % unread if unread else ""))
         print("   condor_q of the same jobs: %.2fs" % q)
         print("   ratio from-log/summary: %.2f; target: summary under 30 s for 10,000 jobs"
               % (m(times["from log"]) / m(times["summary"])))
-        sandbox("condor_rm", "-constraint", 'PersistName == "%s"' % NAME, check=False)
     finally:
+        sandbox("condor_rm", "-constraint", 'PersistName == "%s"' % NAME, check=False)
         if server is not None:
             server.stop()
         if not was_up:
