@@ -2,7 +2,7 @@
 the flags that name what needs a human.  The store side goes through the repository layer."""
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from . import constants as C
 from . import contract as X
@@ -97,7 +97,7 @@ def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: floa
 
 class StoreCache:
     """One storage client per store URL (jobs of one submission share their store), and each store's
-    fenced notes from one listing."""
+    summaries and fenced notes, each from one listing."""
 
     def __init__(self, timeout: float) -> None:
         import threading
@@ -108,7 +108,7 @@ class StoreCache:
         self._listed: Dict[Tuple[str, str], Any] = {}
         self._list_locks: Dict[Tuple[str, str], Any] = {}
         #: Stores with enough jobs in this view that one listing of every job's summary beats one per job.
-        self.bulk: set = set()
+        self.bulk: Set[str] = set()
 
     def _once(self, what: str, url: str, make: Any) -> Any:
         import threading
