@@ -20,6 +20,7 @@ Usage: python benchmarks/load_model.py [--mb 100] [--change-mb 1] [--interval 36
 import argparse
 import os
 import random
+import shutil
 import sys
 import tempfile
 
@@ -110,6 +111,7 @@ def main() -> int:
         print("   2010 talk: 1,000 jobs x 100 MB hourly, whole state each time: %.1f MB/s" % (1000 * 100 / 3600.0))
     finally:
         server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
     return 0
 
 

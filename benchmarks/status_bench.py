@@ -16,6 +16,7 @@ Usage: sudo python benchmarks/status_bench.py [--jobs 10000] [--runs 1] [--commi
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def main() -> int:
     server = None
     try:
         subprocess.run([SANDBOX, "up"], check=True)
-        server = SeaweedFS(tempfile.mkdtemp(prefix="pj-sbench-")).start()
+        server = SeaweedFS(tempfile.mkdtemp(prefix="pj-sbench-")).start()  # its directory goes in finally
         env = server.env()
         os.environ.update(env)
         store = "s3://%s/status" % server.make_bucket()
@@ -163,6 +164,7 @@ def main() -> int:
         sandbox("condor_rm", "-constraint", 'PersistName == "%s"' % NAME, check=False)
         if server is not None:
             server.stop()
+            shutil.rmtree(server.root, ignore_errors=True)
         if not was_up:
             subprocess.run([SANDBOX, "down"], check=True)
     return 0
