@@ -19,7 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -30,20 +29,12 @@ from persistjob.repo.log import JobLog  # noqa: E402
 from persistjob.storage import get_backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 
-from _sidebyside import alternate  # noqa: E402  (benchmarks/, this script's directory)
+from _condor import SANDBOX, pool_and_store, sandbox  # noqa: E402  (benchmarks/, this script's directory)
+from _sidebyside import alternate  # noqa: E402
 
-SANDBOX = os.path.join(REPO, "scripts", "condor-sandbox")
 # what a job needs of the submitter's environment to reach the store (no secret: those ride in a file)
 STORE_ENV = ["--getenv", "AWS_ENDPOINT_URL_S3", "--getenv", "AWS_DEFAULT_REGION", "--getenv", "AWS_EC2_METADATA_DISABLED"]
 STEP = "/opt/persistjob-src/benchmarks/payloads/ckpt_step.py"
-
-
-def sandbox(*cmd, env=None, check=True, timeout=900):
-    r = subprocess.run([SANDBOX, "run", "--", *cmd], env=dict(os.environ, **(env or {})), capture_output=True,
-                       text=True, timeout=timeout)
-    if check and r.returncode:
-        raise SystemExit("%s failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
-    return r
 
 
 # Timing runs inside the chroot, so that chroot/su overhead is not counted for either side.
@@ -161,20 +152,11 @@ def main() -> int:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the HTCondor sandbox)")
-    was_up = "running:" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
-    server = None
-    try:
-        subprocess.run([SANDBOX, "up"], check=True)
-        server = SeaweedFS(tempfile.mkdtemp(prefix="pj-cbench-")).start()
+    with pool_and_store("pj-cbench-") as server:
         print("HTCondor %s (sandbox pool), SeaweedFS 4.48, this machine (%d cores)"
               % (sandbox("condor_version").stdout.split()[1], os.cpu_count() or 0))
         bench_submit(a.jobs, a.rounds)
         bench_cycle(a.cycles, server)
-    finally:
-        if server is not None:
-            server.stop()
-        if not was_up:
-            subprocess.run([SANDBOX, "down"], check=True)
     return 0
 
 

@@ -16,9 +16,7 @@ Usage: sudo python benchmarks/status_bench.py [--jobs 10000] [--runs 1] [--commi
 import argparse
 import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,18 +32,10 @@ from persistjob.repo.log import JobLog  # noqa: E402
 from persistjob.storage import get_backend  # noqa: E402
 from tests.servers import SeaweedFS  # noqa: E402
 
-from _sidebyside import alternate  # noqa: E402  (benchmarks/, this script's directory)
+from _condor import pool_and_store, sandbox  # noqa: E402  (benchmarks/, this script's directory)
+from _sidebyside import alternate  # noqa: E402
 
-SANDBOX = os.path.join(REPO, "scripts", "condor-sandbox")
 NAME = "statusbench"
-
-
-def sandbox(*cmd, env=None, check=True, timeout=1800):
-    r = subprocess.run([SANDBOX, "run", "--", *cmd], env=dict(os.environ, **(env or {})), capture_output=True,
-                       text=True, timeout=timeout)
-    if check and r.returncode:
-        raise SystemExit("%s failed:\n%s%s" % (" ".join(cmd), r.stdout[-2000:], r.stderr[-2000:]))
-    return r
 
 
 def submit(jobs: int, store: str, env) -> list:
@@ -106,6 +96,50 @@ def fill_stores(store: str, gids: list, runs: int, commits: int, workdir: str) -
 STATS = re.compile(r"status: (\d+) jobs, (\d+) store requests \(([\d.]+) per job: ([^)]*)\)")
 
 
+def run_bench(a: argparse.Namespace, server: SeaweedFS) -> None:
+    """Submit, fill the stores, time status both ways; print the table."""
+    env = server.env()
+    os.environ.update(env)
+    store = "s3://%s/status" % server.make_bucket()
+    print("HTCondor %s (sandbox pool), SeaweedFS 4.48, this machine (%d cores); %d jobs, %d run(s) of %d "
+          "commit(s) each" % (sandbox("condor_version").stdout.split()[1], os.cpu_count() or 0, a.jobs, a.runs,
+                              a.commits))
+    t = time.monotonic()
+    gids = submit(a.jobs, store, env)
+    print("   submitted %d held jobs in %.1fs" % (len(gids), time.monotonic() - t))
+    with tempfile.TemporaryDirectory(prefix="pj-sbench-ws-") as work:
+        print("   filled the job stores in %.1fs" % fill_stores(store, gids, a.runs, a.commits, work))
+
+    seen = {}
+
+    def status(mode: str) -> float:
+        cmd = ["persistjob", "status", "--stats", "--timeout", "600", "--json",
+               "--constraint", 'PersistName == "%s"' % NAME] + (["--from-log"] if mode == "from log" else [])
+        t = time.monotonic()
+        r = sandbox(*cmd, env=env, check=False)
+        dt = time.monotonic() - t
+        m = STATS.search(r.stderr)
+        if r.returncode not in (0, 1) or not m or int(m.group(1)) != a.jobs:
+            raise SystemExit("status (%s) failed: rc %d\n%s" % (mode, r.returncode, r.stderr[-2000:]))
+        unread = r.stdout.count('"store_error"')
+        seen[mode] = (int(m.group(2)), m.group(4), unread)
+        return dt
+
+    times = alternate(a.rounds, ("summary", "from log"), status)
+    t = time.monotonic()
+    sandbox("condor_q", "-constraint", 'PersistName == "%s"' % NAME, "-af", "GlobalJobId", "PersistStore")
+    q = time.monotonic() - t
+    m = statistics.median
+    print("persistjob status over %d jobs (median of %d, alternating; wall time of the command)" % (a.jobs, a.rounds))
+    for mode in ("summary", "from log"):
+        total, kinds, unread = seen[mode]
+        print("   %-9s %6.1fs  %d store requests, %.4f per job (%s)%s"
+              % (mode, m(times[mode]), total, total / a.jobs, kinds, ", %d jobs unread" % unread if unread else ""))
+    print("   condor_q of the same jobs: %.2fs" % q)
+    print("   ratio from-log/summary: %.2f; target: summary under 30 s for 10,000 jobs"
+          % (m(times["from log"]) / m(times["summary"])))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=10000)
@@ -115,58 +149,11 @@ def main() -> int:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (the HTCondor sandbox)")
-    was_up = "running:" in subprocess.run([SANDBOX, "status"], capture_output=True, text=True).stderr
-    server = None
-    try:
-        subprocess.run([SANDBOX, "up"], check=True)
-        server = SeaweedFS(tempfile.mkdtemp(prefix="pj-sbench-")).start()  # its directory goes in finally
-        env = server.env()
-        os.environ.update(env)
-        store = "s3://%s/status" % server.make_bucket()
-        print("HTCondor %s (sandbox pool), SeaweedFS 4.48, this machine (%d cores); %d jobs, %d run(s) of %d "
-              "commit(s) each" % (sandbox("condor_version").stdout.split()[1], os.cpu_count() or 0, a.jobs, a.runs,
-                                  a.commits))
-        t = time.monotonic()
-        gids = submit(a.jobs, store, env)
-        print("   submitted %d held jobs in %.1fs" % (len(gids), time.monotonic() - t))
-        with tempfile.TemporaryDirectory(prefix="pj-sbench-ws-") as work:
-            print("   filled the job stores in %.1fs" % fill_stores(store, gids, a.runs, a.commits, work))
-
-        seen = {}
-
-        def status(mode: str) -> float:
-            cmd = ["persistjob", "status", "--stats", "--timeout", "600", "--json",
-                   "--constraint", 'PersistName == "%s"' % NAME] + (["--from-log"] if mode == "from log" else [])
-            t = time.monotonic()
-            r = sandbox(*cmd, env=env, check=False)
-            dt = time.monotonic() - t
-            m = STATS.search(r.stderr)
-            if r.returncode not in (0, 1) or not m or int(m.group(1)) != a.jobs:
-                raise SystemExit("status (%s) failed: rc %d\n%s" % (mode, r.returncode, r.stderr[-2000:]))
-            unread = r.stdout.count('"store_error"')
-            seen[mode] = (int(m.group(2)), m.group(4), unread)
-            return dt
-
-        times = alternate(a.rounds, ("summary", "from log"), status)
-        t = time.monotonic()
-        sandbox("condor_q", "-constraint", 'PersistName == "%s"' % NAME, "-af", "GlobalJobId", "PersistStore")
-        q = time.monotonic() - t
-        m = statistics.median
-        print("persistjob status over %d jobs (median of %d, alternating; wall time of the command)" % (a.jobs, a.rounds))
-        for mode in ("summary", "from log"):
-            total, kinds, unread = seen[mode]
-            print("   %-9s %6.1fs  %d store requests, %.4f per job (%s)%s"
-                  % (mode, m(times[mode]), total, total / a.jobs, kinds, ", %d jobs unread" % unread if unread else ""))
-        print("   condor_q of the same jobs: %.2fs" % q)
-        print("   ratio from-log/summary: %.2f; target: summary under 30 s for 10,000 jobs"
-              % (m(times["from log"]) / m(times["summary"])))
-    finally:
-        sandbox("condor_rm", "-constraint", 'PersistName == "%s"' % NAME, check=False)
-        if server is not None:
-            server.stop()
-            shutil.rmtree(server.root, ignore_errors=True)
-        if not was_up:
-            subprocess.run([SANDBOX, "down"], check=True)
+    with pool_and_store("pj-sbench-") as server:
+        try:
+            run_bench(a, server)
+        finally:
+            sandbox("condor_rm", "-constraint", 'PersistName == "%s"' % NAME, check=False)
     return 0
 
 
