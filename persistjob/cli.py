@@ -552,7 +552,7 @@ def _fill_status(st: argparse.ArgumentParser) -> None:
                     help="prometheus: the text exposition format, for the node exporter's textfile collector")
     st.add_argument("--stats", action="store_true", help="print the store requests and time this view cost (stderr)")
     st.add_argument("--from-log", action="store_true",
-                    help="read every job's log (about 5 requests per job) instead of its summary (1)")
+                    help="read every job's log (5 requests per job) instead of listing all jobs' summaries at once")
     st.add_argument("--constraint")
     st.add_argument("--store", help="override the job ads' PersistStore")
     st.add_argument("--idle-long", type=_duration, default=3600.0)

@@ -73,7 +73,7 @@ def fenced_index(store: Backend, since: float) -> Dict[str, List[float]]:
     for o in store.list(FENCED_ROOT):
         stamp = Layout.fenced_time(o.key)
         if stamp is not None and stamp >= int(since):
-            out.setdefault(Layout.fenced_owner(o.key), []).append(float(stamp))
+            out.setdefault(Layout.owner(o.key), []).append(float(stamp))
     return out
 
 
@@ -84,7 +84,7 @@ def summary_index(store: Backend) -> Dict[str, Summary]:
     for o in store.list(SUMMARY_ROOT):
         s = parse_summary(Layout.name(o.key))
         if s is not None:
-            job = Layout.summary_owner(o.key)
+            job = Layout.owner(o.key)
             if job not in out or s.seq > out[job].seq:
                 out[job] = s
     return out

@@ -118,14 +118,9 @@ class Layout:
         return int(name) if name.isdigit() else None
 
     @staticmethod
-    def fenced_owner(key: str) -> str:
-        """The job key a store-wide fenced note belongs to."""
-        return key[len(FENCED_ROOT):].split("/", 1)[0]
-
-    @staticmethod
-    def summary_owner(key: str) -> str:
-        """The job key a store-wide summary belongs to."""
-        return key[len(SUMMARY_ROOT):].split("/", 1)[0]
+    def owner(key: str) -> str:
+        """The job key an object under a store-wide prefix belongs to (``<prefix>/<job key>/...``)."""
+        return key.split("/", 2)[1]
 
     @classmethod
     def fenced_time(cls, key: str) -> Optional[int]:

@@ -6,9 +6,10 @@ manifest, retained generations, crash streak, and when the newest commit was mad
 and how big it was), so the newest record alone says everything the next run and ``status`` need.
 Two writers can never both create record N+1: the loser is *fenced* and stops.  Log records are never
 deleted.  After each append the writer names the record's state in the job's *summary* (an object
-whose key carries it and whose body is the record, best effort; the older summaries it knows of are deleted): the log's
-head search starts there, and ``status`` lists every job's summary at once.  A summary may be behind
-the log (its writer died between the two writes, or an older instance's landed late); it is never ahead.
+whose key carries it and whose body is the record, best effort; the older summaries it knows of are
+deleted): the log's head search starts there, and ``status`` lists every job's summary at once.  A
+summary may be behind the log (its writer died between the two writes, or an older instance's landed
+late); it is never ahead.
 """
 
 import json
