@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
 from .codec import Entry, decode_chunk, encode_chunk
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class ChunkStore:
     """Where chunks live, by digest (the repository layer implements it over its key layout)."""
 
-    def put(self, digest: str, blob: bytes) -> None:
+    def put(self, digest: str, blob: bytes) -> bool:
+        """Store a chunk; False when it was not sent because the store already has it."""
         raise NotImplementedError
 
     def get(self, digest: str) -> bytes:
@@ -188,8 +189,8 @@ class Checkpointer:
                 else:
                     if self.cancel():
                         raise IntegrityError("checkpoint cancelled")
-                    self.chunks.put(digest, blob)
-                    stats.add(transferred=len(blob))
+                    if self.chunks.put(digest, blob) is not False:
+                        stats.add(transferred=len(blob))
                 with new_lock:
                     new_chunks.append(digest)
                 stats.add(chunks_new=1)
@@ -296,8 +297,8 @@ class Checkpointer:
                     raise IntegrityError("checkpoint cancelled")
                 with open(os.path.join(spool, digest), "rb") as f:
                     blob = f.read()
-                self.chunks.put(digest, blob)
-                snap.stats.add(transferred=len(blob))
+                if self.chunks.put(digest, blob) is not False:
+                    snap.stats.add(transferred=len(blob))
 
             try:
                 for fut in [self.pool().submit(send, d) for d in snap.new_chunks]:
@@ -306,6 +307,13 @@ class Checkpointer:
                 shutil.rmtree(spool, ignore_errors=True)
             self.known.update(snap.new_chunks)
         snap.stats.add(seconds=time.monotonic() - t0)
+
+    def forget(self, digests: Iterable[str]) -> None:
+        """The store lost these chunks: the next snapshot reads the files that hold them and sends them again."""
+        gone = set(digests)
+        if gone:
+            self.known -= gone
+            self.cache = {rel: v for rel, v in self.cache.items() if not any(h in gone for h, _ in v[1])}
 
     # -- restore
     def restore(self, entries: List[Entry], stats: Optional[Stats] = None) -> Stats:

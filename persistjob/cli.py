@@ -18,7 +18,7 @@ from . import __version__
 from . import contract as X
 from .errors import ConfigError, PersistJobError
 from .identity import check_job_id, format_bytes, format_utc, parse_duration
-from .options import add_run_options, given, run_argv, run_options
+from .options import add_run_options, format_duration, given, run_argv, run_options
 
 log = logging.getLogger("persistjob")
 
@@ -218,6 +218,37 @@ def cmd_gc(a: argparse.Namespace) -> int:
     stats = repo.gc(a.grace, head.retained)
     print("deleted %d manifests and %d chunks (%d bytes); kept generations %s" % (
         stats["manifests"], stats["chunks"], stats["bytes"], ", ".join(str(g) for g, _ in head.retained)))
+    return 0
+
+
+def cmd_store_init(a: argparse.Namespace) -> int:
+    from .repo import shared
+    from .storage import RetryingBackend, get_backend
+
+    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
+    if a.lease <= a.window:
+        raise ConfigError("--lease (%s) must be longer than --window (%s)" % (format_duration(a.lease), format_duration(a.window)))
+    cfg = shared.store_config(store, shared.StoreConfig(True, a.window, a.lease))
+    if not cfg.dedup:
+        raise ConfigError("the store already says dedup=job")
+    print("store %s keeps chunks once for all its jobs (window %s, lease %s)"
+          % (store.url, format_duration(cfg.window), format_duration(cfg.lease)))
+    return 0
+
+
+def cmd_store_gc(a: argparse.Namespace) -> int:
+    from .repo import JobRepo, shared
+    from .storage import RetryingBackend, get_backend
+
+    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
+    say = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
+    stats = shared.store_gc(store, a.grace, lambda job_id: JobRepo(store, job_id).live_chunks(), say=say)
+    if a.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        print("gc: %d jobs, %d chunks referenced, %d kept, %d deleted (%s)%s" % (
+            stats["jobs"], stats["referenced"], stats["kept"], stats["deleted"], format_bytes(stats["bytes"]),
+            "; %d left for the next pass (the lease's time was up)" % stats["left"] if stats["left"] else ""))
     return 0
 
 
@@ -663,6 +694,27 @@ def _fill_history(h: argparse.ArgumentParser) -> None:
     h.set_defaults(func=cmd_history)
 
 
+def _fill_store(sp: argparse.ArgumentParser) -> None:
+    sub = sp.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    sub.required = True
+    x = sub.add_parser("init", help="make a new store keep chunks once for all its jobs (as ?dedup=store does)")
+    x.add_argument("--store", required=True, metavar="URL")
+    x.add_argument("--window", type=_duration, default=600.0,
+                   help="a commit publishes within half of it; a gc pass waits it before reading jobs (default 10m)")
+    x.add_argument("--lease", type=_duration, default=3600.0, help="the longest a gc pass may run (default 1h)")
+    x.add_argument("--storage-timeout", type=_duration, default=60.0)
+    x.set_defaults(func=cmd_store_init)
+    x = sub.add_parser("gc", help="delete shared chunks that no job's retained generations reference",
+                       description="One store-wide gc pass over a ?dedup=store store. Exit 75 when another pass "
+                                   "holds the store.")
+    x.add_argument("--store", required=True, metavar="URL")
+    x.add_argument("--grace", type=_duration, default=3600.0,
+                   help="spare unreferenced chunks younger than this (default 1h)")
+    x.add_argument("--storage-timeout", type=_duration, default=60.0)
+    x.add_argument("--json", action="store_true", help="the pass's counts as one JSON object")
+    x.set_defaults(func=cmd_store_gc)
+
+
 def _fill_bundle(b: argparse.ArgumentParser) -> None:
     b.add_argument("--output", "-o", default="persistjob.pyz", help="where to write it (default ./persistjob.pyz)")
     b.set_defaults(func=cmd_bundle)
@@ -685,6 +737,7 @@ _COMMANDS: Dict[str, Tuple[Dict[str, Any], Callable[[argparse.ArgumentParser], N
     "checkpoint": (dict(help="inspect and manage stored checkpoints"), _fill_checkpoint),
     "history": (dict(help="a job's runs: where, how long, how each ended, bytes moved",
                      description="The job's runs from its run records in the store."), _fill_history),
+    "store": (dict(help="a store shared by jobs: init (?dedup=store) and the store-wide gc"), _fill_store),
     "bundle": (dict(help="build the one-file worker side (a zipapp) that travels with jobs",
                     description="Build persistjob.pyz: runs as 'python3 persistjob.pyz run ...' with the site's "
                                 "Python 3.9+ and nothing installed."), _fill_bundle),

@@ -26,10 +26,12 @@ from ..errors import (
     ObjectExists,
     ObjectNotFound,
     StorageError,
+    StorageUnavailable,
     StoreCannotFence,
     UnsafeManifest,
 )
 from ..storage import Backend
+from . import shared
 from .layout import FENCED_ROOT, SUMMARY_ROOT, Layout, Summary, job_key, parse_summary
 from .log import EMPTY, JobLog, Record, host_name
 
@@ -42,14 +44,28 @@ Generation = Tuple[int, str]  # (generation number, manifest id)
 
 
 class _Chunks(ChunkStore):
+    """A job's chunks: under its own key, or store-wide in a ``dedup=store`` store (the store says
+    which, read at the first use)."""
+
     def __init__(self, store: Backend, keys: Layout) -> None:
         self.store, self.keys = store, keys
 
-    def put(self, digest: str, blob: bytes) -> None:
-        self.store.put(self.keys.chunk(digest), blob, immutable=True)
+    @property
+    def shared(self) -> bool:
+        return shared.store_config(self.store).dedup
+
+    def key(self, digest: str) -> str:
+        return Layout.shared_chunk(digest) if self.shared else self.keys.chunk(digest)
+
+    def put(self, digest: str, blob: bytes) -> bool:
+        key = self.key(digest)
+        if self.shared and self.store.exists(key):  # some job stored it: skip (the commit confirms it later)
+            return False
+        self.store.put(key, blob, immutable=True)
+        return True
 
     def get(self, digest: str) -> bytes:
-        return self.store.get(self.keys.chunk(digest))
+        return self.store.get(self.key(digest))
 
 
 class Restored(NamedTuple):
@@ -63,6 +79,10 @@ def retained_after(new: Generation, old: Iterable[Generation], keep: int, drop: 
     dropped = set(drop)
     out = [new] + [r for r in old if r[1] != new[1] and r[1] not in dropped]
     return tuple(out[:max(1, keep)])
+
+
+def _digests(entries: Iterable[Entry]) -> Set[str]:
+    return {h for e in entries for h, _ in e.chunks}
 
 
 def fenced_index(store: Backend, since: float) -> Dict[str, List[float]]:
@@ -113,6 +133,9 @@ class JobRepo:
         self.mine: Record = EMPTY
         #: Generations a restore may use, newest first (damaged ones dropped once seen).
         self.retained: Tuple[Generation, ...] = ()
+        #: The chunks of manifests this instance restored or wrote, by manifest id (in a shared store, a
+        #: commit need not check those that its own published generations reference).
+        self._refs: Dict[str, Set[str]] = {}
 
     @property
     def key(self) -> str:
@@ -171,6 +194,8 @@ class JobRepo:
         """
         head = self.head()  # first: a missing bucket or bad credentials are told by a read
         self.check_fencing()
+        if shared.store_config(self.store).dedup:
+            shared.register(self.store, self.keys, self.job_id)
         for attempt in range(CLAIM_ATTEMPTS):
             if head.kind == "removed":
                 raise JobRemoved("job %s was removed (persistjob rm at %s); not running it again" % (
@@ -241,6 +266,7 @@ class JobRepo:
             try:
                 entries, _meta = self.manifest(mid, stats)
                 ws.restore(entries, stats)
+                self._refs[mid] = _digests(entries)
                 if accept is not None:
                     accept(gen)
             except IntegrityError as exc:
@@ -260,11 +286,29 @@ class JobRepo:
 
     def commit(self, ws: Checkpointer, snap: Snapshot, started: Optional[float] = None) -> Record:
         """Upload a snapshot's chunks and manifest and publish it as the next generation (``started``:
-        the ``time.monotonic()`` at which the checkpoint began, for the record's duration)."""
+        the ``time.monotonic()`` at which the checkpoint began, for the record's duration).  In a shared
+        store the chunks it names are confirmed first (:func:`shared.confirm`)."""
         ws.upload(snap)
         blob = encode_manifest(snap.entries, {"created": self.clock(), "chunk_size": ws.chunk_size}, ws.codec)
         manifest_id = hashlib.sha256(blob).hexdigest()
-        self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
+        refs = _digests(snap.entries)
+        cfg = shared.store_config(self.store)
+        for attempt in range(shared.CONFIRM_ATTEMPTS):
+            self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
+            if not cfg.dedup:
+                break
+            mine = set().union(*(self._refs.get(m, set()) for _, m in self.retained))
+            try:
+                checked = shared.confirm(self.store, cfg, self.keys.manifest(manifest_id), refs - mine,
+                                         cancel=ws.cancel)
+            except IntegrityError as exc:
+                ws.forget(getattr(exc, "missing", ()))
+                raise
+            if shared.in_window(cfg, checked):
+                break
+            if attempt == shared.CONFIRM_ATTEMPTS - 1:
+                raise shared.GcBusy("the chunk checks took longer than half the store's window (%.0f s); not published"
+                                    % cfg.window)
         snap.stats.add(transferred=len(blob))
         gen = self.mine.generation + 1
         retained = retained_after((gen, manifest_id), self.retained, self.keep)
@@ -274,6 +318,8 @@ class JobRepo:
                                                           "seconds": round(time.monotonic() - started if started is not None
                                                                       else st.seconds, 3)})
         self.retained = retained
+        self._refs[manifest_id] = refs
+        self._refs = {m: self._refs[m] for _, m in retained if m in self._refs}
         return self.mine
 
     def failed_streak(self, committed_this_run: bool) -> int:
@@ -322,7 +368,8 @@ class JobRepo:
                 doomed.append(o.key)
                 freed += o.size
         n_manifests = len(doomed)
-        for o in self.store.list(self.keys.chunk_dir):
+        own_chunks = [] if shared.store_config(self.store).dedup else self.store.list(self.keys.chunk_dir)
+        for o in own_chunks:  # shared chunks are the store gc's (persistjob store gc)
             if Layout.name(o.key) not in referenced and now - o.mtime > grace:
                 doomed.append(o.key)
                 freed += o.size
@@ -336,6 +383,29 @@ class JobRepo:
     def gc_as_owner(self, grace: float) -> Dict[str, int]:
         """:meth:`gc` by the running instance: only what it retains, and only while it owns the job."""
         return self.gc(grace, self.retained, still_owner=lambda: not self.superseded())
+
+    def live_chunks(self, attempts: int = 5) -> Set[str]:
+        """Every chunk the job's retained generations reference, for the store gc.  A manifest that is
+        missing while the head still names it is damaged (skipped, with a warning); one that went
+        because the head moved on means reading the head again."""
+        for _ in range(attempts):
+            head = self.head()
+            out: Set[str] = set()
+            moved = False
+            for _gen, mid in head.retained:
+                try:
+                    entries, _ = self.manifest(mid)
+                except (IntegrityError, UnsafeManifest) as exc:
+                    if self.head().seq != head.seq:
+                        moved = True
+                        break
+                    log.warning("gc: job %s: generation manifest %s: %s (its chunks are not kept for it)",
+                                self.job_id, mid[:12], exc)
+                    continue
+                out |= _digests(entries)
+            if not moved:
+                return out
+        raise StorageUnavailable("job %s's log kept moving while gc read it; try again" % self.job_id)
 
     def verify(self, generation: Optional[int] = None) -> List[Tuple[int, Optional[str], Stats]]:
         """Check every chunk of the retained generations (or one): (generation, error or None, stats)."""
@@ -379,7 +449,7 @@ class JobRepo:
         head = self.head()
         keep = {self.keys.log(head.seq)} if head.kind == "removed" else set()
         keys = [o.key for o in self.store.list(self.keys.root) if o.key not in keep]
-        for prefix in (self.keys.fenced_dir, self.keys.summary_dir):
-            keys += [o.key for o in self.store.list(prefix)]
+        for prefix in (self.keys.fenced_dir, self.keys.summary_dir, self.keys.registration):
+            keys += [o.key for o in self.store.list(prefix) if o.key.startswith(prefix)]
         self.store.delete_many(keys)
         return len(keys)

@@ -14,6 +14,14 @@ and under two store-wide prefixes, so that ``status`` lists every job's at once:
                                         each append (best effort)
     fenced/<sha256(job id)>/<time>-<pid>  notes left by instances that were refused (outside the log)
 
+A store whose ``store.json`` says ``{"dedup": "store"}`` (chosen with ``?dedup=store`` in the URL of
+its first writer) keeps chunks once for all its jobs, and the pieces of its store-wide gc:
+
+    store.json               the store's mode (persistjob.repo.shared)
+    chunks/<sha256>          content chunks of every job (instead of each job's own ``chunks/``)
+    jobs/<sha256(job id)>    a job's registration (body: its ID), written at its first claim: gc's list of jobs
+    gc/lease                 held by a store gc pass while it runs
+
 Stores written before these existed have notes under ``<sha256(job id)>/fenced/`` and a ``head``
 hint; the notes are still read for one job (``JobLog.fenced_notes``), the hint is not.
 """
@@ -24,6 +32,14 @@ from typing import Any, Dict, NamedTuple, Optional
 
 #: The store-wide prefix of fenced notes: ``fenced/<job key>/<time>-<pid>``.
 FENCED_ROOT = "fenced/"
+#: The store's mode (absent: every job keeps its own chunks).
+STORE_CONFIG = "store.json"
+#: Chunks shared by every job of a ``dedup=store`` store.
+SHARED_CHUNK_ROOT = "chunks/"
+#: Registrations of the jobs of a ``dedup=store`` store: ``jobs/<job key>``.
+JOBS_ROOT = "jobs/"
+#: The lease a store gc pass holds while it runs.
+GC_LEASE = "gc/lease"
 #: The store-wide prefix of summaries: ``summary/<job key>/<state>``.
 SUMMARY_ROOT = "summary/"
 
@@ -83,6 +99,7 @@ class Layout:
         self.fenced_dir = FENCED_ROOT + self.root
         self.old_fenced_dir = self.root + "fenced/"
         self.summary_dir = SUMMARY_ROOT + self.root
+        self.registration = JOBS_ROOT + self.key
 
     def summary(self, s: Summary) -> str:
         return self.summary_dir + summary_name(s)
@@ -95,6 +112,10 @@ class Layout:
 
     def chunk(self, digest: str) -> str:
         return self.chunk_dir + digest
+
+    @staticmethod
+    def shared_chunk(digest: str) -> str:
+        return SHARED_CHUNK_ROOT + digest
 
     def run(self, run: int, seq: int) -> str:
         return "%s%08d-%012d" % (self.run_dir, run, seq)

@@ -39,26 +39,38 @@ def _gfal(url: str) -> Optional[Backend]:
 FACTORIES: List[Callable[[str], Optional[Backend]]] = [_posix, _s3, _gfal]
 
 
-def _fencing_param(url: str) -> "tuple[str, bool]":
-    """Take ``fencing=unsafe`` out of a URL (every scheme accepts it): (the URL without it, whether given)."""
+#: Parameters every scheme accepts in its query, and their values.
+_OURS = {
+    "fencing": ("unsafe",),  # accept a store that cannot refuse a second create of the same key
+    "dedup": ("store", "job"),  # one chunk namespace for the store's jobs, or each job its own
+}
+
+
+def _our_params(url: str) -> "tuple[str, dict]":
+    """Take our parameters (``fencing=unsafe``, ``dedup=store|job``) out of a URL: (the URL without
+    them, {name: value} of those given)."""
     if "?" not in url:
-        return url, False
+        return url, {}
     base, query = url.split("?", 1)
     items = [q for q in query.split("&") if q]
-    kept = [q for q in items if q.split("=", 1)[0] != "fencing"]
-    given = [q.split("=", 1)[1] if "=" in q else "" for q in items if q.split("=", 1)[0] == "fencing"]
-    if given and given[-1] != "unsafe":
-        raise InvalidURL("fencing=%s: the only value is 'unsafe' (accept a store that cannot refuse a second "
-                         "create of the same key)" % given[-1])
-    return (base + ("?" + "&".join(kept) if kept else "")), bool(given)
+    kept = [q for q in items if q.split("=", 1)[0] not in _OURS]
+    given = {}
+    for q in items:
+        name, _, value = q.partition("=")
+        if name in _OURS:
+            if value not in _OURS[name]:
+                raise InvalidURL("%s=%s: the value is one of %s" % (name, value, ", ".join(_OURS[name])))
+            given[name] = value
+    return (base + ("?" + "&".join(kept) if kept else "")), given
 
 
 def get_backend(url: str) -> Backend:
     scheme, _ = split_url(url)
-    url, unsafe = _fencing_param(url)
+    url, params = _our_params(url)
     for factory in FACTORIES:
         backend = factory(url)
         if backend is not None:
-            backend.fencing_unsafe = unsafe
+            backend.fencing_unsafe = "fencing" in params
+            backend.dedup = params.get("dedup")
             return backend
     raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://, root://, davs://, https://, srm://)" % scheme)

@@ -39,6 +39,8 @@ class Backend:
     atomic_create = True
     #: ``?fencing=unsafe``: the user accepts a store that may not refuse a second create.
     fencing_unsafe = False
+    #: ``?dedup=store`` / ``?dedup=job`` (None: whatever the store's ``store.json`` says).
+    dedup: Optional[str] = None
 
     def get(self, key: str) -> bytes:
         raise NotImplementedError

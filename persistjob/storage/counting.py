@@ -17,6 +17,7 @@ class CountingBackend(Backend):
         self.url = inner.url
         self.atomic_create = inner.atomic_create
         self.fencing_unsafe = inner.fencing_unsafe
+        self.dedup = inner.dedup
         self.requests: Counter = Counter()
         self.bytes_read = 0
         self._lock = threading.Lock()

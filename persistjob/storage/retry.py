@@ -33,6 +33,7 @@ class RetryingBackend(Backend):
         self.url = inner.url
         self.atomic_create = inner.atomic_create
         self.fencing_unsafe = inner.fencing_unsafe
+        self.dedup = inner.dedup
         self.timeout = float(timeout)
         self.clock = clock
         self.cancel = cancel
