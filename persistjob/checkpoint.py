@@ -31,9 +31,13 @@ log = logging.getLogger(__name__)
 class ChunkStore:
     """Where chunks live, by digest (the repository layer implements it over its key layout)."""
 
-    def put(self, digest: str, blob: bytes) -> bool:
-        """Store a chunk; False when it was not sent because the store already has it."""
+    def put(self, digest: str, blob: bytes) -> None:
         raise NotImplementedError
+
+    def skip(self, digest: str) -> bool:
+        """True when a chunk need not be sent at all (another job of a shared store has stored it);
+        asked before it is compressed."""
+        return False
 
     def get(self, digest: str) -> bytes:
         """The stored blob; :class:`~persistjob.errors.ObjectNotFound` when missing."""
@@ -182,6 +186,8 @@ class Checkpointer:
                     if digest in self.known or digest in pending:
                         return digest
                     pending.add(digest)
+                if self.chunks.skip(digest):
+                    return digest
                 blob = encode_chunk(data, self.codec)
                 if spool is not None:
                     with open(os.path.join(spool, digest), "wb") as f:
@@ -189,8 +195,8 @@ class Checkpointer:
                 else:
                     if self.cancel():
                         raise IntegrityError("checkpoint cancelled")
-                    if self.chunks.put(digest, blob) is not False:
-                        stats.add(transferred=len(blob))
+                    self.chunks.put(digest, blob)
+                    stats.add(transferred=len(blob))
                 with new_lock:
                     new_chunks.append(digest)
                 stats.add(chunks_new=1)
@@ -297,8 +303,8 @@ class Checkpointer:
                     raise IntegrityError("checkpoint cancelled")
                 with open(os.path.join(spool, digest), "rb") as f:
                     blob = f.read()
-                if self.chunks.put(digest, blob) is not False:
-                    snap.stats.add(transferred=len(blob))
+                self.chunks.put(digest, blob)
+                snap.stats.add(transferred=len(blob))
 
             try:
                 for fut in [self.pool().submit(send, d) for d in snap.new_chunks]:

@@ -226,8 +226,8 @@ def cmd_store_init(a: argparse.Namespace) -> int:
     from .storage import RetryingBackend, get_backend
 
     store = RetryingBackend(get_backend(a.store), a.storage_timeout)
-    if a.lease <= a.window:
-        raise ConfigError("--lease (%s) must be longer than --window (%s)" % (format_duration(a.lease), format_duration(a.window)))
+    if a.window <= 0 or a.lease <= 0:
+        raise ConfigError("--window and --lease must be longer than 0s")
     cfg = shared.store_config(store, shared.StoreConfig(True, a.window, a.lease))
     if not cfg.dedup:
         raise ConfigError("the store already says dedup=job")
@@ -248,7 +248,7 @@ def cmd_store_gc(a: argparse.Namespace) -> int:
     else:
         print("gc: %d jobs, %d chunks referenced, %d kept, %d deleted (%s)%s" % (
             stats["jobs"], stats["referenced"], stats["kept"], stats["deleted"], format_bytes(stats["bytes"]),
-            "; %d left for the next pass (the lease's time was up)" % stats["left"] if stats["left"] else ""))
+            "; %d left for the next pass" % stats["left"] if stats["left"] else ""))
     return 0
 
 
@@ -699,9 +699,10 @@ def _fill_store(sp: argparse.ArgumentParser) -> None:
     sub.required = True
     x = sub.add_parser("init", help="make a new store keep chunks once for all its jobs (as ?dedup=store does)")
     x.add_argument("--store", required=True, metavar="URL")
-    x.add_argument("--window", type=_duration, default=600.0,
-                   help="a commit publishes within half of it; a gc pass waits it before reading jobs (default 10m)")
-    x.add_argument("--lease", type=_duration, default=3600.0, help="the longest a gc pass may run (default 1h)")
+    x.add_argument("--window", type=_duration, default=300.0,
+                   help="a commit publishes within half of it; a gc pass waits it before reading jobs (default 5m)")
+    x.add_argument("--lease", type=_duration, default=600.0,
+                   help="a gc pass renews its lease within this; a lease older is dead (default 10m)")
     x.add_argument("--storage-timeout", type=_duration, default=60.0)
     x.set_defaults(func=cmd_store_init)
     x = sub.add_parser("gc", help="delete shared chunks that no job's retained generations reference",

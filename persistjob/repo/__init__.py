@@ -57,12 +57,12 @@ class _Chunks(ChunkStore):
     def key(self, digest: str) -> str:
         return Layout.shared_chunk(digest) if self.shared else self.keys.chunk(digest)
 
-    def put(self, digest: str, blob: bytes) -> bool:
-        key = self.key(digest)
-        if self.shared and self.store.exists(key):  # some job stored it: skip (the commit confirms it later)
-            return False
-        self.store.put(key, blob, immutable=True)
-        return True
+    def put(self, digest: str, blob: bytes) -> None:
+        self.store.put(self.key(digest), blob, immutable=True)
+
+    def skip(self, digest: str) -> bool:
+        """Another job stored it (the commit confirms it again before publishing)."""
+        return self.shared and self.store.exists(self.key(digest))
 
     def get(self, digest: str) -> bytes:
         return self.store.get(self.key(digest))

@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 #: W: a commit publishes within W/2 of starting its checks; a gc pass waits W after taking its lease
 #: before it reads any job.  Requests are assumed to reach the server within W/2 of being sent.
-DEFAULT_WINDOW = 600.0
-#: How long a gc pass may delete after taking its lease; a lease older than this (plus a margin) is dead.
-DEFAULT_LEASE = 3600.0
+DEFAULT_WINDOW = 300.0
+#: A gc pass renews its lease (re-writes it) at least this often; a lease not renewed for this long
+#: (plus a margin) is dead, and its pass, which stops deleting once a renewal is this overdue, too.
+DEFAULT_LEASE = 600.0
 #: How long a commit waits for a gc pass to finish before it gives up this time (the payload goes on).
 COMMIT_WAIT = 120.0
 #: How often a commit starts its checks again when it could not publish within W/2.
@@ -68,7 +69,7 @@ class StoreConfig(NamedTuple):
             cfg = cls(dedup, float(d.get("window", DEFAULT_WINDOW)), float(d.get("lease", DEFAULT_LEASE)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise IntegrityError("the store's %s is malformed (%s)" % (STORE_CONFIG, exc)) from None
-        if cfg.window <= 0 or cfg.lease <= cfg.window:
+        if cfg.window <= 0 or cfg.lease <= 0:
             raise IntegrityError("the store's %s is inconsistent (window %g s, lease %g s)"
                                  % (STORE_CONFIG, cfg.window, cfg.lease))
         return cfg
@@ -169,32 +170,50 @@ class GcBusy(StorageUnavailable):
 
 
 class PassLease:
-    """The lease of one gc pass (a context manager): taken at entry, released at exit."""
+    """The lease of one gc pass (a context manager): taken at entry, renewed by :meth:`renew`,
+    released at exit.  The pass may delete only while :meth:`left` is positive: until one lease
+    time after the start of its last renewal, by its own monotonic clock."""
 
     def __init__(self, store: Backend, cfg: StoreConfig, mono: Callable[[], float] = time.monotonic) -> None:
         self.store, self.cfg, self.mono = store, cfg, mono
         self.lease: Optional[Lease] = None
         self.deadline = 0.0
+        self.renewed = 0.0
+        self.body = json.dumps({"nonce": uuid.uuid4().hex}).encode()
 
     def __enter__(self) -> "PassLease":
         leases = _leases(self.store)
         now = server_now(self.store)
         if leases and now - leases[-1].mtime < self.cfg.lease + _margin(self.cfg.lease):
-            raise GcBusy("another store gc pass holds the store (its lease is %.0f s old; a pass may take %.0f s)"
-                         % (now - leases[-1].mtime, self.cfg.lease))
+            raise GcBusy("another store gc pass holds the store (its lease was renewed %.0f s ago)"
+                         % (now - leases[-1].mtime))
         seq = leases[-1].seq + 1 if leases else 1
         started = self.mono()
         try:
-            self.store.put_if_absent(_lease_key(seq), json.dumps({"nonce": uuid.uuid4().hex}).encode())
+            self.store.put_if_absent(_lease_key(seq), self.body)
         except ObjectExists:
             raise GcBusy("another store gc pass took the store at the same moment") from None
         self.deadline = started + self.cfg.lease
+        self.renewed = started
         self.lease = Lease(seq, _lease_key(seq), _mtime(self.store, _lease_key(seq)))
         return self
 
     def left(self) -> float:
-        """Seconds this pass may still delete (by its monotonic clock, counted from before it took the lease)."""
+        """Seconds this pass may still delete."""
         return self.deadline - self.mono()
+
+    def renew(self, force: bool = False) -> None:
+        """Re-write the lease when a quarter of its time has gone (commits see its new mtime).  A renewal
+        that completes after the deadline has passed means the pass was stalled and may have been taken
+        over: it stops (GcBusy)."""
+        assert self.lease is not None
+        if not force and self.mono() - self.renewed < self.cfg.lease / 4:
+            return
+        started = self.mono()
+        self.store.put(self.lease.key, self.body)
+        if self.left() <= 0:
+            raise GcBusy("this gc pass was stalled longer than its lease (%.0f s); stopping" % self.cfg.lease)
+        self.deadline, self.renewed = started + self.cfg.lease, started
 
     def __exit__(self, *exc: object) -> None:
         if self.lease is None:
@@ -208,7 +227,7 @@ class PassLease:
 
 def confirm(store: Backend, cfg: StoreConfig, manifest_key: str, digests: Iterable[str], *,
             workers: int = 8, sleep: Callable[[float], None] = time.sleep, mono: Callable[[], float] = time.monotonic,
-            wait: float = COMMIT_WAIT, cancel: Callable[[], bool] = lambda: False) -> float:
+            wait: Optional[float] = None, cancel: Callable[[], bool] = lambda: False) -> float:
     """Wait until no gc pass holds a live lease, then check that every chunk in ``digests`` is present.
 
     Returns the monotonic time at which the checks started: the caller must publish before
@@ -216,6 +235,7 @@ def confirm(store: Backend, cfg: StoreConfig, manifest_key: str, digests: Iterab
     caller forgets it, so that the next commit uploads it again.  A pass that does not end within
     ``wait`` seconds: GcBusy (retryable; the commit is not published this time).
     """
+    wait = COMMIT_WAIT if wait is None else wait
     put_at = mono()
     ref = _mtime(store, manifest_key)  # the server's clock at (or after) put_at
     waited_from = mono()
@@ -262,6 +282,7 @@ def store_gc(store: Backend, grace: float, live_chunks: Callable[[str], Set[str]
         say("gc: lease %d taken; waiting %.0f s for commits that started before it to publish" % (lease.lease.seq, cfg.window))
         until = mono() + cfg.window + _margin(cfg.window)
         while mono() < until:
+            lease.renew()
             sleep(min(5.0, until - mono()))
         referenced: Set[str] = set()
         jobs = 0
@@ -272,16 +293,19 @@ def store_gc(store: Backend, grace: float, live_chunks: Callable[[str], Set[str]
                 continue
             referenced |= live_chunks(job_id)
             jobs += 1
+            lease.renew()
         cutoff = lease.lease.mtime - grace
         doomed: List[Tuple[str, int]] = []
         kept = 0
         for o in store.list(SHARED_CHUNK_ROOT):
+            lease.renew()
             if Layout.name(o.key) in referenced:
                 kept += 1
             elif o.mtime < cutoff:
                 doomed.append((o.key, o.size))
         deleted = freed = 0
         for i in range(0, len(doomed), 500):
+            lease.renew()
             if lease.left() <= 0:
                 log.warning("gc: the lease's time is up; %d unreferenced chunks left for the next pass", len(doomed) - i)
                 break

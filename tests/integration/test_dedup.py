@@ -1,0 +1,232 @@
+"""Chunks kept once for all jobs of a store (``?dedup=store``) and the store-wide gc, on a
+directory store and on SeaweedFS (the real S3 server): the race against concurrent commits, and the
+figures of issue 15 (50 jobs sharing a 50 MB application)."""
+
+import hashlib
+import json
+import os
+import random
+import sys
+import threading
+import time
+
+import pytest
+
+from persistjob import contract as X
+from persistjob.errors import ConfigError, IntegrityError
+from persistjob.repo import JobRepo, shared
+from persistjob.repo.layout import JOBS_ROOT, SHARED_CHUNK_ROOT, STORE_CONFIG, Layout
+from tests.conftest import COUNTER, Store, job_id, make_store
+
+MB = 1 << 20
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request, tmp_path) -> Store:
+    return make_store(request, tmp_path, request.param)
+
+
+def dedup(store: Store, window: float = 1.0, lease: float = 60.0) -> Store:
+    """The store made shared (a short window, so that gc passes are quick), as a Store whose URL says so."""
+    s = Store(store.kind, store.url + "?dedup=store", store.env, store.server)
+    shared.store_config(s.backend(), shared.StoreConfig(True, window, lease))
+    return s
+
+
+def fill(path, app: bytes, own: bytes) -> None:
+    os.makedirs(path, exist_ok=True)
+    for name, data in (("app.bin", app), ("own.bin", own)):
+        with open(os.path.join(path, name), "wb") as f:
+            f.write(data)
+
+
+def commit_once(store: Store, jid: str, path, chunk_size: int = 256 * 1024):
+    """Claim, restore, commit the directory, end the run: (repo, the commit's stats)."""
+    repo = JobRepo(store.backend(), jid)
+    repo.claim()
+    ws = repo.workspace(str(path), racy=0, chunk_size=chunk_size)
+    try:
+        repo.restore(ws) if not os.path.isdir(path) else None
+        snap = ws.snapshot()
+        repo.commit(ws, snap)
+        repo.end_run(X.EXIT_CHECKPOINTED, "test")
+    finally:
+        ws.close()
+    return repo, snap.stats
+
+
+def stored(store: Store, prefix: str = "") -> int:
+    return sum(o.size for o in store.backend().list(prefix))
+
+
+def digest_tree(path) -> dict:
+    out = {}
+    for name in sorted(os.listdir(path)):
+        with open(os.path.join(path, name), "rb") as f:
+            out[name] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def restore_to(store: Store, jid: str, dest) -> dict:
+    repo = JobRepo(store.backend(), jid)
+    ws = repo.workspace(str(dest))
+    try:
+        assert repo.restore(ws, fallback=False).generation > 0
+    finally:
+        ws.close()
+    return digest_tree(dest)
+
+
+def gc(store: Store, grace: float = 0.0) -> dict:
+    b = store.backend()
+    return shared.store_gc(b, grace, lambda j: JobRepo(b, j).live_chunks())
+
+
+def test_shared_chunks_are_stored_once(store, tmp_path):
+    s = dedup(store)
+    app = os.urandom(2 * MB)
+    uploads = []
+    for i in range(3):
+        fill(tmp_path / ("w%d" % i), app, os.urandom(64 * 1024))
+        _, st = commit_once(s, "job-%d" % i, tmp_path / ("w%d" % i))
+        uploads.append(st.transferred)
+    assert uploads[0] > 2 * MB
+    assert uploads[1] < 200 * 1024 and uploads[2] < 200 * 1024, uploads  # its own 64 KB, not the application
+    chunks = stored(s, SHARED_CHUNK_ROOT)
+    assert 2 * MB + 3 * 64 * 1024 <= chunks < 1.05 * (2 * MB + 3 * 64 * 1024)
+    keys = [o.key for o in s.backend().list("")]
+    assert not [k for k in keys if "/chunks/" in k], "no job keeps chunks of its own in a shared store"
+    assert sorted(k for k in keys if k.startswith(JOBS_ROOT)) == sorted(
+        Layout("job-%d" % i).registration for i in range(3))
+    for i in range(3):
+        assert restore_to(s, "job-%d" % i, tmp_path / ("r%d" % i)) == digest_tree(tmp_path / ("w%d" % i))
+
+
+def test_the_store_decides_and_a_disagreeing_url_is_refused(store, tmp_path):
+    s = dedup(store)
+    fill(tmp_path / "w", os.urandom(MB), b"own")
+    plain = Store(store.kind, store.url, store.env, store.server)  # no ?dedup: the store's store.json decides
+    commit_once(plain, "job", tmp_path / "w")
+    assert stored(s, SHARED_CHUNK_ROOT) > MB
+    r = plain.cli("store", "gc", "--store", store.url + "?dedup=job")
+    assert r.returncode == X.EXIT_CONFIG and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["persistjob: error: the store keeps chunks once for all its jobs (its "
+                                             "store.json says dedup=store); ?dedup=job cannot write to it"]
+    assert json.loads(s.backend().get(STORE_CONFIG))["dedup"] == "store"
+
+
+def test_dedup_is_chosen_for_a_new_store_only(store, tmp_path):
+    fill(tmp_path / "w", os.urandom(MB), b"own")
+    commit_once(store, "old-job", tmp_path / "w")
+    before = {o.key for o in store.backend().list("")}
+    with pytest.raises(ConfigError, match="chosen when a store is new"):
+        shared.store_config(Store(store.kind, store.url + "?dedup=store", store.env).backend())
+    r = store.cli("store", "init", "--store", store.url)
+    assert r.returncode == X.EXIT_CONFIG and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert {o.key for o in store.backend().list("")} == before  # nothing written, nothing lost
+    r = store.cli("store", "gc", "--store", store.url)
+    assert r.returncode == X.EXIT_CONFIG and "per job" in r.stderr
+
+
+def test_a_jobs_own_gc_never_deletes_a_shared_chunk(store, tmp_path):
+    s = dedup(store)
+    app = os.urandom(MB)
+    fill(tmp_path / "a", app, b"a")
+    fill(tmp_path / "b", app, b"b")
+    commit_once(s, "a", tmp_path / "a")
+    commit_once(s, "b", tmp_path / "b")
+    repo = JobRepo(s.backend(), "a", keep=1)
+    repo.claim()
+    ws = repo.workspace(str(tmp_path / "a2"), racy=0, chunk_size=256 * 1024)
+    repo.restore(ws)
+    fill(tmp_path / "a2", os.urandom(MB), b"a, new")  # a no longer uses the application
+    repo.commit(ws, ws.snapshot())
+    ws.close()
+    out = repo.gc(0.0, repo.retained)
+    assert out["manifests"] == 1 and out["chunks"] == 0
+    assert [e for _, e, _ in JobRepo(s.backend(), "b").verify()] == [None]
+
+
+def test_a_chunk_that_vanished_before_publishing_is_sent_again(store, tmp_path):
+    s = dedup(store)
+    app = os.urandom(MB)
+    fill(tmp_path / "a", app, b"a")
+    commit_once(s, "a", tmp_path / "a")
+    fill(tmp_path / "b", app, b"b")
+    repo = JobRepo(s.backend(), "b")
+    repo.claim()
+    ws = repo.workspace(str(tmp_path / "b"), racy=0, chunk_size=256 * 1024)
+    snap = ws.snapshot()  # the application's chunks are found in the store, not sent
+    assert snap.stats.transferred < 1024
+    victim = next(o.key for o in s.backend().list(SHARED_CHUNK_ROOT))
+    s.backend().delete(victim)  # as a gc pass with a too short grace would, between upload and publish
+    with pytest.raises(IntegrityError, match="gone from the store"):
+        repo.commit(ws, snap)
+    assert repo.head().generation == 0, "nothing published"
+    snap = ws.snapshot()
+    repo.commit(ws, snap)
+    assert 0 < snap.stats.transferred < 300 * 1024  # the lost chunk (and only it) sent again
+    ws.close()
+    assert s.backend().exists(victim)
+    assert [e for _, e, _ in JobRepo(s.backend(), "b").verify()] == [None]
+
+
+def test_a_commit_waits_for_a_gc_pass_and_one_pass_runs_at_a_time(store, tmp_path, monkeypatch):
+    s = dedup(store)
+    fill(tmp_path / "a", os.urandom(MB), b"a")
+    repo = JobRepo(s.backend(), "a")
+    repo.claim()
+    ws = repo.workspace(str(tmp_path / "a"), racy=0)
+    monkeypatch.setattr(shared, "COMMIT_WAIT", 1.0)
+    with shared.PassLease(s.backend(), shared.store_config(s.backend())):
+        r = s.cli("store", "gc", "--store", s.url, "--grace", "0")
+        assert r.returncode == X.EXIT_TEMPFAIL, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[0]]
+        assert "another store gc pass holds the store" in r.stderr
+        with pytest.raises(shared.GcBusy):
+            repo.commit(ws, ws.snapshot())
+        assert repo.head().generation == 0
+    assert [o.key for o in s.backend().list("gc/")] == []  # the lease went with the pass
+    repo.commit(ws, ws.snapshot())
+    ws.close()
+    assert repo.head().generation == 1
+
+
+def test_purge_and_gc_keep_the_others_and_empty_the_store(store, tmp_path):
+    s = dedup(store)
+    app = os.urandom(MB)
+    for i in range(3):
+        fill(tmp_path / ("w%d" % i), app, os.urandom(100 * 1024))
+        commit_once(s, "j%d" % i, tmp_path / ("w%d" % i))
+    for i in range(2):
+        JobRepo(s.backend(), "j%d" % i).retire()
+        JobRepo(s.backend(), "j%d" % i).purge()
+    out = gc(s)
+    assert out["deleted"] >= 2 and out["jobs"] == 1
+    assert restore_to(s, "j2", tmp_path / "r2") == digest_tree(tmp_path / "w2")
+    JobRepo(s.backend(), "j2").retire()
+    JobRepo(s.backend(), "j2").purge()
+    r = s.cli("store", "gc", "--store", s.url, "--grace", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["deleted"] > 0
+    left = sorted(o.key for o in s.backend().list(""))
+    tombstones = sorted(Layout("j%d" % i).log_dir for i in range(3))
+    assert STORE_CONFIG in left and len(left) == 4, left
+    assert sorted(k.rsplit("/", 1)[0] + "/" for k in left if k != STORE_CONFIG) == tombstones  # one removal record each
+
+
+def test_the_wrapper_shares_chunks(s3store, tmp_path):
+    """Two real wrappers (persistjob run) with a ?dedup=store URL: the second one stores its own data only."""
+    s = Store("s3", s3store.url + "?dedup=store", s3store.env, s3store.server)
+    app = os.urandom(4 * MB)
+    grew = []
+    for name in ("w1", "w2"):
+        ck = tmp_path / name
+        fill(ck, app, os.urandom(1000))
+        before = stored(s, SHARED_CHUNK_ROOT)
+        r = s.cli("run", "--job-id", job_id(), "--store", s.url, "--checkpoint-dir", str(ck), "--lifetime", "1s",
+                  "--", sys.executable, COUNTER, "--quiet", timeout=300)
+        assert r.returncode == X.EXIT_CHECKPOINTED, r.stderr
+        grew.append(stored(s, SHARED_CHUNK_ROOT) - before)
+    assert grew[0] > 4 * MB and grew[1] < 64 * 1024, grew
+    assert json.loads(s.backend().get(STORE_CONFIG))["dedup"] == "store"
