@@ -292,6 +292,7 @@ class Wrapper:
     def _commit(self, quiet: Quiet) -> None:
         """Snapshot (payload quiet), let it go on, upload, publish the generation."""
         assert self.info is not None
+        self.repo.before_snapshot(self.ws.cancel)
         t0 = time.monotonic()
         if quiet.pause:
             quiet.pause()

@@ -284,6 +284,11 @@ class JobRepo:
         refused.fallbacks = fallbacks
         raise refused
 
+    def before_snapshot(self, cancel: Callable[[], bool] = lambda: False) -> None:
+        """In a shared store, let a running gc pass finish before snapshotting (see :func:`shared.await_passes`)."""
+        if shared.store_config(self.store).dedup:
+            shared.await_passes(self.store, cancel=cancel)
+
     def commit(self, ws: Checkpointer, snap: Snapshot, started: Optional[float] = None) -> Record:
         """Upload a snapshot's chunks and manifest and publish it as the next generation (``started``:
         the ``time.monotonic()`` at which the checkpoint began, for the record's duration).  In a shared

@@ -246,7 +246,7 @@ def confirm(store: Backend, cfg: StoreConfig, manifest_key: str, digests: Iterab
             break
         if start - waited_from >= wait or cancel():
             raise GcBusy("a store gc pass is running (lease %d); the commit is not published this time" % lease.seq)
-        sleep(min(5.0, max(0.1, wait / 20)))
+        sleep(1.0)
     wanted = sorted(set(digests))
     if wanted:
         with ThreadPoolExecutor(min(workers, len(wanted))) as pool:
@@ -258,6 +258,16 @@ def confirm(store: Backend, cfg: StoreConfig, manifest_key: str, digests: Iterab
             exc.missing = missing  # type: ignore[attr-defined]
             raise exc
     return start
+
+
+def await_passes(store: Backend, wait: Optional[float] = None, sleep: Callable[[float], None] = time.sleep,
+                 mono: Callable[[], float] = time.monotonic, cancel: Callable[[], bool] = lambda: False) -> None:
+    """Before a snapshot: wait (at most ``wait`` seconds, half the commit's wait by default) while a gc
+    pass's lease exists, so that the uploads do not wait through a pass for their manifest (a pass
+    spares only uploads younger than its grace).  Only an optimisation: :func:`confirm` decides."""
+    end = mono() + (COMMIT_WAIT / 2 if wait is None else wait)
+    while _leases(store) and mono() < end and not cancel():
+        sleep(1.0)
 
 
 def in_window(cfg: StoreConfig, started: float, mono: Callable[[], float] = time.monotonic) -> bool:

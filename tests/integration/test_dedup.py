@@ -77,6 +77,14 @@ def restore_to(store: Store, jid: str, dest) -> dict:
     return digest_tree(dest)
 
 
+def retrying(store: Store):
+    """The store as the wrapper and the CLI use it: connection errors retried (many threads at once
+    here: SeaweedFS sometimes refuses a connection)."""
+    from persistjob.storage import RetryingBackend
+
+    return RetryingBackend(store.backend(), 120.0)
+
+
 def gc(store: Store, grace: float = 0.0) -> dict:
     b = store.backend()
     return shared.store_gc(b, grace, lambda j: JobRepo(b, j).live_chunks())
@@ -230,3 +238,102 @@ def test_the_wrapper_shares_chunks(s3store, tmp_path):
         grew.append(stored(s, SHARED_CHUNK_ROOT) - before)
     assert grew[0] > 4 * MB and grew[1] < 64 * 1024, grew
     assert json.loads(s.backend().get(STORE_CONFIG))["dedup"] == "store"
+
+
+def test_gc_in_a_loop_against_concurrent_commits(s3store, tmp_path):
+    """Six jobs commit for a minute on SeaweedFS, each generation one of twenty application versions (so
+    versions fall out of use and are taken up again: a commit finds chunks that no manifest references
+    any more), pausing at random between upload and publish; each job's own gc runs with no grace;
+    store gc passes run one after another, every other one with no grace, the others sparing 30 s.  Before each commit a job checks that every
+    chunk of its retained generations is still there (a generation stays retained for two more
+    commits: a chunk deleted under it is the failure this protocol exists to prevent), and at the end
+    every retained generation restores intact, byte for byte what was committed.  Commits that find a
+    chunk of theirs deleted before they publish (a pass with no grace took an upload that waited for its
+    manifest) are not published, and counted."""
+    s = dedup(s3store, window=2.0, lease=30.0)
+    print("gc race:", race(s, tmp_path))
+
+
+def race(s: Store, tmp_path, seconds: float = 60.0) -> dict:
+    versions = [os.urandom(2 * 128 * 1024) for _ in range(20)]
+    stop = threading.Event()
+    published = {}  # (job, generation) -> file digests
+    counts = {"commits": 0, "busy": 0, "vanished": 0, "passes": 0, "deleted": 0}
+    errors = []
+    lock = threading.Lock()
+    backends = [retrying(s) for _ in range(7)]  # made here: Store.backend() sets the environment for a moment
+
+    def job(n: int) -> None:
+        rnd = random.Random(n)
+        jid = "race-%d" % n
+        path = tmp_path / jid
+        repo = JobRepo(backends[n], jid, keep=2)
+        repo.claim()
+        ws = repo.workspace(str(path), racy=0, chunk_size=128 * 1024)
+        try:
+            while not stop.is_set():
+                for gen, mid in repo.retained:
+                    entries, _ = repo.manifest(mid)
+                    gone = [h for e in entries for h, _ in e.chunks if not backends[n].exists(Layout.shared_chunk(h))]
+                    if gone:
+                        errors.append("%s: generation %d lost chunk %s while retained" % (jid, gen, gone[0][:12]))
+                repo.before_snapshot()
+                fill(path, rnd.choice(versions), os.urandom(8 * 1024))
+                snap = ws.snapshot()
+                time.sleep(rnd.uniform(0, 2))  # a gc pass may run between the upload and the publish
+                try:
+                    rec = repo.commit(ws, snap)
+                except shared.GcBusy:
+                    with lock:
+                        counts["busy"] += 1
+                    continue
+                except IntegrityError:
+                    with lock:
+                        counts["vanished"] += 1
+                    continue
+                with lock:
+                    published[(jid, rec.generation)] = digest_tree(path)
+                    counts["commits"] += 1
+                repo.gc_as_owner(0.0)
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append("%s: %r" % (jid, exc))
+        finally:
+            ws.close()
+
+    def collector() -> None:
+        b = backends[6]
+        try:
+            while not stop.is_set():
+                grace = 0.0 if counts["passes"] % 2 else 30.0
+                out = shared.store_gc(b, grace, lambda j: JobRepo(b, j).live_chunks())
+                with lock:
+                    counts["passes"] += 1
+                    counts["deleted"] += out["deleted"]
+                time.sleep(random.uniform(1, 4))  # commits wait while a pass runs: let them through
+        except Exception as exc:  # noqa: BLE001
+            errors.append("gc: %r" % (exc,))
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(6)] + [threading.Thread(target=collector)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, (errors, counts)
+    assert counts["passes"] >= 3 and counts["deleted"] > 0 and counts["commits"] >= 12, counts
+    b = retrying(s)
+    shared.store_gc(b, 0.0, lambda j: JobRepo(b, j).live_chunks())  # one more pass after the last commits
+    for n in range(6):
+        jid = "race-%d" % n
+        repo = JobRepo(b, jid)
+        assert [e for _, e, _ in repo.verify()] == [None] * len(repo.head().retained), jid
+        for gen, _ in repo.head().retained:
+            dest = tmp_path / ("check-%s-%d" % (jid, gen))
+            ws = repo.workspace(str(dest))
+            try:
+                assert repo.restore(ws, gen, fallback=False).generation == gen
+            finally:
+                ws.close()
+            assert digest_tree(dest) == published[(jid, gen)], (jid, gen)
+    return counts
