@@ -298,6 +298,7 @@ class JobRepo:
         manifest_id = hashlib.sha256(blob).hexdigest()
         refs = _digests(snap.entries)
         cfg = shared.store_config(self.store)
+        publish_by: Optional[float] = None
         for attempt in range(shared.CONFIRM_ATTEMPTS):
             self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
             if not cfg.dedup:
@@ -310,6 +311,7 @@ class JobRepo:
                 ws.forget(getattr(exc, "missing", ()))
                 raise
             if shared.in_window(cfg, checked):
+                publish_by = checked + cfg.window / 2
                 break
             if attempt == shared.CONFIRM_ATTEMPTS - 1:
                 raise shared.GcBusy("the chunk checks took longer than half the store's window (%.0f s); not published"
@@ -318,10 +320,12 @@ class JobRepo:
         gen = self.mine.generation + 1
         retained = retained_after((gen, manifest_id), self.retained, self.keep)
         st = snap.stats
-        self.mine = self.log.append(self.mine, "commit", generation=gen, manifest=manifest_id, retained=retained,
-                                    crash_streak=0, data={"files": st.files, "bytes": st.bytes, "uploaded": st.transferred,
-                                                          "seconds": round(time.monotonic() - started if started is not None
-                                                                      else st.seconds, 3)})
+        with shared.no_retries_after(self.store, publish_by):
+            self.mine = self.log.append(self.mine, "commit", generation=gen, manifest=manifest_id, retained=retained,
+                                        crash_streak=0, data={"files": st.files, "bytes": st.bytes,
+                                                              "uploaded": st.transferred,
+                                                              "seconds": round(time.monotonic() - started if started
+                                                                               is not None else st.seconds, 3)})
         self.retained = retained
         self._refs[manifest_id] = refs
         self._refs = {m: self._refs[m] for _, m in retained if m in self._refs}

@@ -20,12 +20,13 @@ Times compared with an object's mtime are the store server's (mtimes of objects 
 durations are the actor's monotonic clock.
 """
 
+import contextlib
 import json
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from ..errors import ConfigError, IntegrityError, ObjectExists, ObjectNotFound, StorageUnavailable
 from ..storage import Backend
@@ -268,6 +269,22 @@ def await_passes(store: Backend, wait: Optional[float] = None, sleep: Callable[[
     end = mono() + (COMMIT_WAIT / 2 if wait is None else wait)
     while _leases(store) and mono() < end and not cancel():
         sleep(1.0)
+
+
+@contextlib.contextmanager
+def no_retries_after(store: Backend, when: Optional[float]) -> Iterator[None]:
+    """A retrying backend starts no attempt after ``when`` (monotonic) in this block: a shared-store
+    commit must publish within W/2 of its checks (a request already sent is answered or given up
+    within the client's read timeout, 60 s, well inside the other W/2)."""
+    old = getattr(store, "deadline", None)
+    if when is None or not hasattr(store, "deadline"):
+        yield
+        return
+    store.deadline = when if old is None else min(old, when)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        store.deadline = old  # type: ignore[attr-defined]
 
 
 def in_window(cfg: StoreConfig, started: float, mono: Callable[[], float] = time.monotonic) -> bool:

@@ -415,3 +415,66 @@ def test_fenced_notes_live_under_one_store_wide_prefix_and_old_ones_are_still_re
     a.purge()
     assert fenced_index(b, 0) == {other.key: [2_000_000.0]}
     assert a.fenced_notes() == []
+
+
+# ---------------------------------------------------------------- shared stores (?dedup=store)
+
+
+def test_our_url_parameters_are_taken_out_and_checked():
+    from persistjob.errors import InvalidURL
+    from persistjob.storage import _our_params
+
+    assert _our_params("s3://b/p?dedup=store&fencing=unsafe&x=1") == ("s3://b/p?x=1", {"dedup": "store", "fencing": "unsafe"})
+    assert _our_params("file:///d") == ("file:///d", {})
+    with pytest.raises(InvalidURL, match="dedup=yes: the value is one of store, job"):
+        _our_params("s3://b/p?dedup=yes")
+
+
+def test_a_malformed_store_config_is_an_integrity_error():
+    from persistjob.errors import IntegrityError
+    from persistjob.repo.shared import StoreConfig
+
+    assert StoreConfig.from_bytes(b'{"dedup": "store"}') == StoreConfig(True)
+    assert StoreConfig.from_bytes(StoreConfig(True, 10, 20).to_bytes()) == StoreConfig(True, 10.0, 20.0)
+    for bad in (b"", b"[]", b'{"dedup": "yes"}', b'{"dedup": "store", "window": 0}', b'{"dedup": "store", "lease": "x"}'):
+        with pytest.raises(IntegrityError, match="store.json"):
+            StoreConfig.from_bytes(bad)
+
+
+def test_a_commit_record_is_not_retried_after_the_window():
+    from persistjob.repo.shared import no_retries_after
+    from persistjob.storage import RetryingBackend, get_backend
+
+    b = RetryingBackend(get_backend("file:///nonexistent-pj"), 60)
+    with no_retries_after(b, 100.0):
+        assert b.deadline == 100.0
+    assert b.deadline is None
+    b.deadline = 50.0
+    with no_retries_after(b, 100.0):
+        assert b.deadline == 50.0  # an earlier limit (the final checkpoint's) stands
+    assert b.deadline == 50.0
+    with no_retries_after(b, None):
+        assert b.deadline == 50.0
+
+
+def test_a_stalled_gc_pass_stops_at_its_next_renewal(tmp_path):
+    from persistjob.repo import shared
+    from persistjob.storage import get_backend
+
+    store = get_backend("file://%s" % tmp_path)
+    cfg = shared.StoreConfig(True, 1.0, 40.0)
+    now = [1000.0]
+    with shared.PassLease(store, cfg, mono=lambda: now[0]) as lease:
+        now[0] += 5
+        lease.renew()  # not due yet: a quarter of the lease is 10 s
+        assert lease.left() == 35.0
+        now[0] += 20
+        lease.renew()
+        assert lease.left() == 40.0
+        with pytest.raises(shared.GcBusy):
+            with shared.PassLease(store, cfg):
+                pass  # one pass at a time
+        now[0] += 41  # stalled past the deadline (SIGSTOP, a swapped-out VM)
+        with pytest.raises(shared.GcBusy, match="stalled"):
+            lease.renew()
+    assert list(store.list("gc/")) == []
