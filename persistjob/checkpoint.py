@@ -44,6 +44,59 @@ class ChunkStore:
         raise NotImplementedError
 
 
+class Pace:
+    """Whether compressing a chunk pays on this store: it does when compressing it takes less time
+    than sending the bytes it saves.  Learned from this checkpointer's own uploads (bytes per second
+    of wall time with any upload in flight) and compressions (bytes per CPU second, times the cores
+    the workers can use); until 8 MiB of each are seen, and for any store slower than that, chunks are
+    compressed whenever their sample saves more than 10%."""
+
+    LEARN = 8 << 20
+
+    def __init__(self, workers: int) -> None:
+        self._lock = threading.Lock()
+        self.cores = max(1, min(workers, os.cpu_count() or 1))
+        self.sent = 0
+        self.send_wall = 0.0
+        self._inflight = 0
+        self._since = 0.0
+        self.packed = 0
+        self.pack_cpu = 0.0
+
+    def worth(self, saving: float) -> bool:
+        if saving <= 0.1:
+            return False
+        with self._lock:
+            if self.sent < self.LEARN or self.packed < self.LEARN or self.send_wall <= 0 or self.pack_cpu <= 0:
+                return True
+            upload = self.sent / self.send_wall
+            compress = self.packed / self.pack_cpu * self.cores
+        return saving * compress > upload
+
+    def encode(self, data: bytes, codec: str) -> bytes:
+        t = time.thread_time()
+        blob = encode_chunk(data, codec, self.worth)
+        if blob[:1] != b"\x00":
+            with self._lock:
+                self.packed += len(data)
+                self.pack_cpu += time.thread_time() - t
+        return blob
+
+    def send(self, put: Callable[[], None], n: int) -> None:
+        with self._lock:
+            if self._inflight == 0:
+                self._since = time.monotonic()
+            self._inflight += 1
+        try:
+            put()
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                self.sent += n
+                if self._inflight == 0:
+                    self.send_wall += time.monotonic() - self._since
+
+
 class Stats:
     """Counters of one commit or restore (thread-safe adds)."""
 
@@ -148,6 +201,7 @@ class Checkpointer:
         self.codec = codec
         self.cache: Dict[str, Tuple[_StatKey, Tuple[Tuple[str, int], ...]]] = {}
         self.known: Set[str] = set()
+        self.pace = Pace(workers)
         self._pool: Optional[ThreadPoolExecutor] = None
         #: Files made of whole memory pages (CRIU's page images): cut at content-defined page boundaries.
         self.page_files: Callable[[str], bool] = lambda rel: False
@@ -188,14 +242,14 @@ class Checkpointer:
                     pending.add(digest)
                 if self.chunks.skip(digest):
                     return digest
-                blob = encode_chunk(data, self.codec)
+                blob = self.pace.encode(data, self.codec)
                 if spool is not None:
                     with open(os.path.join(spool, digest), "wb") as f:
                         f.write(blob)
                 else:
                     if self.cancel():
                         raise IntegrityError("checkpoint cancelled")
-                    self.chunks.put(digest, blob)
+                    self.pace.send(lambda: self.chunks.put(digest, blob), len(blob))
                     stats.add(transferred=len(blob))
                 with new_lock:
                     new_chunks.append(digest)
@@ -303,7 +357,7 @@ class Checkpointer:
                     raise IntegrityError("checkpoint cancelled")
                 with open(os.path.join(spool, digest), "rb") as f:
                     blob = f.read()
-                self.chunks.put(digest, blob)
+                self.pace.send(lambda: self.chunks.put(digest, blob), len(blob))
                 snap.stats.add(transferred=len(blob))
 
             try:

@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import zlib
-from typing import Any, Dict, List, NamedTuple, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple
 
 from . import constants as C
 from .errors import ConfigError, IntegrityError, UnsafeManifest
@@ -81,12 +81,18 @@ def check_codec(codec: str) -> str:
     return codec
 
 
-def _pack(data: bytes, codec: str) -> bytes:
+def _pack(data: bytes, codec: str, worth: Callable[[float], bool]) -> bytes:
+    if len(data) > 2 * _PROBE:
+        sample = _compressor().compress(data[:_PROBE]) if codec == "zstd" else zlib.compress(data[:_PROBE], 1)
+        if not worth(1.0 - len(sample) / _PROBE):
+            return b""  # the sample does not compress enough to pay for compressing the whole
     if codec == "zstd":
         return _compressor().compress(data)
-    if len(data) > 2 * _PROBE and len(zlib.compress(data[:_PROBE], 1)) > _PROBE * 0.9:
-        return b""  # the sample does not compress: the whole will not pay either
     return zlib.compress(data, 1)
+
+
+def _default_worth(saving: float) -> bool:
+    return saving > 0.1
 
 
 def _unzlib(body: bytes, limit: int) -> bytes:
@@ -97,9 +103,12 @@ def _unzlib(body: bytes, limit: int) -> bytes:
     return data
 
 
-def encode_chunk(data: bytes, codec: str = DEFAULT_CODEC) -> bytes:
-    """One codec byte and the data, compressed when it pays (>= 3% smaller), else raw."""
-    packed = _pack(data, codec)
+def encode_chunk(data: bytes, codec: str = DEFAULT_CODEC, worth: Callable[[float], bool] = _default_worth) -> bytes:
+    """One codec byte and the data, compressed when it pays, else raw.  ``worth(saving)`` says whether
+    a chunk whose 16 KiB sample compresses by ``saving`` (0..1) is worth compressing (by default: more
+    than 10%; the checkpointer weighs it against the store's upload rate); the result must also be 3%
+    smaller."""
+    packed = _pack(data, codec, worth)
     if packed and len(packed) < len(data) * 0.97:
         return _CODEC_BYTE[codec] + packed
     return _CODEC_RAW + bytes(data)

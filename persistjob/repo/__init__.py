@@ -65,7 +65,14 @@ class _Chunks(ChunkStore):
         return self.shared and self.store.exists(self.key(digest))
 
     def get(self, digest: str) -> bytes:
-        return self.store.get(self.key(digest))
+        try:
+            return self.store.get(self.key(digest))
+        except ObjectNotFound:
+            if not self.shared:
+                raise
+            # A writer that read store.json just before the store's first ?dedup=store writer created it
+            # kept its chunks under its own key: read them there.
+            return self.store.get(self.keys.chunk(digest))
 
 
 class Restored(NamedTuple):

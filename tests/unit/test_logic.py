@@ -478,3 +478,20 @@ def test_a_stalled_gc_pass_stops_at_its_next_renewal(tmp_path):
         with pytest.raises(shared.GcBusy, match="stalled"):
             lease.renew()
     assert list(store.list("gc/")) == []
+
+
+def test_compression_is_skipped_when_sending_is_faster_than_compressing():
+    from persistjob.checkpoint import Pace
+
+    p = Pace(workers=8)
+    p.cores = 2
+    assert not p.worth(0.05)  # a sample that barely compresses: never
+    assert p.worth(0.5)  # nothing learnt yet: compress
+    p.sent, p.send_wall = 400 << 20, 1.0  # the store takes 400 MB/s
+    p.packed, p.pack_cpu = 120 << 20, 1.0  # zlib: 120 MB per CPU second, 240 on two cores
+    assert not p.worth(0.67)  # 0.67 x 240 = 161 MB/s saved < 400 MB/s sent: send it raw
+    p.sent, p.send_wall = 100 << 20, 1.0  # a 1 Gb/s WAN link
+    assert p.worth(0.67) and not p.worth(0.3)
+    assert p.encode(b"text " * 100000, "zlib")[:1] == b"\x02"  # zlib
+    p.sent, p.send_wall = 10 << 30, 1.0  # 10 GB/s: compressing never pays
+    assert p.encode(b"text " * 100000, "zlib")[:1] == b"\x00"  # raw
