@@ -46,9 +46,19 @@ COMMIT_WAIT = 120.0
 CONFIRM_ATTEMPTS = 3
 
 
+#: The longest a request may take to reach the server once sent (the S3 client's connect and read
+#: timeouts, 5 + 60 s): a delete a pass sent before its deadline lands before its lease looks dead.
+REQUEST_TIMEOUT = 65.0
+
+
 def _margin(seconds: float) -> float:
     """Slack for clocks that run at slightly different rates."""
     return seconds * 0.05 + 5.0
+
+
+def _dead_after(cfg: "StoreConfig") -> float:
+    """Server seconds after its last renewal when a lease is dead, and its pass has stopped deleting."""
+    return cfg.lease + _margin(cfg.lease) + REQUEST_TIMEOUT
 
 
 class StoreConfig(NamedTuple):
@@ -144,7 +154,7 @@ def _lease_key(seq: int) -> str:
 def live_lease(store: Backend, cfg: StoreConfig, server_now: float) -> Optional[Lease]:
     """The newest lease when it is still live at ``server_now`` (a time read off the store's clock)."""
     leases = _leases(store)
-    if leases and server_now - leases[-1].mtime < cfg.lease + _margin(cfg.lease):
+    if leases and server_now - leases[-1].mtime < _dead_after(cfg):
         return leases[-1]
     return None
 
@@ -185,7 +195,7 @@ class PassLease:
     def __enter__(self) -> "PassLease":
         leases = _leases(self.store)
         now = server_now(self.store)
-        if leases and now - leases[-1].mtime < self.cfg.lease + _margin(self.cfg.lease):
+        if leases and now - leases[-1].mtime < _dead_after(self.cfg):
             raise GcBusy("another store gc pass holds the store (its lease was renewed %.0f s ago)"
                          % (now - leases[-1].mtime))
         seq = leases[-1].seq + 1 if leases else 1
