@@ -41,12 +41,11 @@ def fill(path, app: bytes, own: bytes) -> None:
 
 
 def commit_once(store: Store, jid: str, path, chunk_size: int = 256 * 1024):
-    """Claim, restore, commit the directory, end the run: (repo, the commit's stats)."""
+    """Claim, commit the directory as it is, end the run: (repo, the commit's stats)."""
     repo = JobRepo(store.backend(), jid)
     repo.claim()
     ws = repo.workspace(str(path), racy=0, chunk_size=chunk_size)
     try:
-        repo.restore(ws) if not os.path.isdir(path) else None
         snap = ws.snapshot()
         repo.commit(ws, snap)
         repo.end_run(X.EXIT_CHECKPOINTED, "test")
