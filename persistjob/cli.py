@@ -104,11 +104,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
                      payload, name=a.name, max_runs=a.runs)
 
 
-def _repo(a: argparse.Namespace) -> Any:
-    from .repo import JobRepo
+def _store(a: argparse.Namespace) -> Any:
+    """The ``--store`` URL's backend, retried within ``--storage-timeout``."""
     from .storage import RetryingBackend, get_backend
 
-    return JobRepo(RetryingBackend(get_backend(a.store), a.storage_timeout), check_job_id(a.job_id))
+    return RetryingBackend(get_backend(a.store), a.storage_timeout)
+
+
+def _repo(a: argparse.Namespace) -> Any:
+    from .repo import JobRepo
+
+    return JobRepo(_store(a), check_job_id(a.job_id))
 
 
 def cmd_ls(a: argparse.Namespace) -> int:
@@ -223,9 +229,8 @@ def cmd_gc(a: argparse.Namespace) -> int:
 
 def cmd_store_init(a: argparse.Namespace) -> int:
     from .repo import shared
-    from .storage import RetryingBackend, get_backend
 
-    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
+    store = _store(a)
     if a.window <= 0 or a.lease <= 0:
         raise ConfigError("--window and --lease must be longer than 0s")
     cfg = shared.store_config(store, shared.StoreConfig(True, a.window, a.lease))
@@ -238,17 +243,15 @@ def cmd_store_init(a: argparse.Namespace) -> int:
 
 def cmd_store_gc(a: argparse.Namespace) -> int:
     from .repo import JobRepo, shared
-    from .storage import RetryingBackend, get_backend
 
-    store = RetryingBackend(get_backend(a.store), a.storage_timeout)
+    store = _store(a)
     say = (lambda s: None) if a.json else (lambda s: print(s, file=sys.stderr))
     stats = shared.store_gc(store, a.grace, lambda job_id: JobRepo(store, job_id).live_chunks(), say=say)
     if a.json:
         print(json.dumps(stats, sort_keys=True))
     else:
-        print("gc: %d jobs, %d chunks referenced, %d kept, %d deleted (%s)%s" % (
-            stats["jobs"], stats["referenced"], stats["kept"], stats["deleted"], format_bytes(stats["bytes"]),
-            "; %d left for the next pass" % stats["left"] if stats["left"] else ""))
+        print("gc: %d jobs, %d chunks referenced, %d kept, %d deleted (%s)" % (
+            stats["jobs"], stats["referenced"], stats["kept"], stats["deleted"], format_bytes(stats["bytes"])))
     return 0
 
 

@@ -135,7 +135,7 @@ class JobRepo:
         self.clock = clock
         self.log = JobLog(store, job_id, clock)
         self.keys = self.log.keys
-        self.chunks: ChunkStore = _Chunks(store, self.keys)
+        self.chunks = _Chunks(store, self.keys)
         #: The newest record this instance wrote (after :meth:`claim`).
         self.mine: Record = EMPTY
         #: Generations a restore may use, newest first (damaged ones dropped once seen).
@@ -201,7 +201,7 @@ class JobRepo:
         """
         head = self.head()  # first: a missing bucket or bad credentials are told by a read
         self.check_fencing()
-        if shared.store_config(self.store).dedup:
+        if self.chunks.shared:
             shared.register(self.store, self.keys, self.job_id)
         for attempt in range(CLAIM_ATTEMPTS):
             if head.kind == "removed":
@@ -293,7 +293,7 @@ class JobRepo:
 
     def before_snapshot(self, cancel: Callable[[], bool] = lambda: False) -> None:
         """In a shared store, let a running gc pass finish before snapshotting (see :func:`shared.await_passes`)."""
-        if shared.store_config(self.store).dedup:
+        if self.chunks.shared:
             shared.await_passes(self.store, cancel=cancel)
 
     def commit(self, ws: Checkpointer, snap: Snapshot, started: Optional[float] = None) -> Record:
@@ -305,12 +305,12 @@ class JobRepo:
         manifest_id = hashlib.sha256(blob).hexdigest()
         refs = _digests(snap.entries)
         cfg = shared.store_config(self.store)
+        mine = set().union(*(self._refs.get(m, set()) for _, m in self.retained))  # live all along: no check
         publish_by: Optional[float] = None
         for attempt in range(shared.CONFIRM_ATTEMPTS):
             self.store.put(self.keys.manifest(manifest_id), blob, immutable=True)
             if not cfg.dedup:
                 break
-            mine = set().union(*(self._refs.get(m, set()) for _, m in self.retained))
             try:
                 checked = shared.confirm(self.store, cfg, self.keys.manifest(manifest_id), refs - mine,
                                          cancel=ws.cancel)
@@ -384,7 +384,7 @@ class JobRepo:
                 doomed.append(o.key)
                 freed += o.size
         n_manifests = len(doomed)
-        own_chunks = [] if shared.store_config(self.store).dedup else self.store.list(self.keys.chunk_dir)
+        own_chunks = [] if self.chunks.shared else self.store.list(self.keys.chunk_dir)
         for o in own_chunks:  # shared chunks are the store gc's (persistjob store gc)
             if Layout.name(o.key) not in referenced and now - o.mtime > grace:
                 doomed.append(o.key)
@@ -466,6 +466,6 @@ class JobRepo:
         keep = {self.keys.log(head.seq)} if head.kind == "removed" else set()
         keys = [o.key for o in self.store.list(self.keys.root) if o.key not in keep]
         for prefix in (self.keys.fenced_dir, self.keys.summary_dir, self.keys.registration):
-            keys += [o.key for o in self.store.list(prefix) if o.key.startswith(prefix)]
+            keys += [o.key for o in self.store.list(prefix)]
         self.store.delete_many(keys)
         return len(keys)

@@ -151,12 +151,16 @@ def _lease_key(seq: int) -> str:
     return "%s.%012d" % (GC_LEASE, seq)
 
 
-def live_lease(store: Backend, cfg: StoreConfig, server_now: float) -> Optional[Lease]:
-    """The newest lease when it is still live at ``server_now`` (a time read off the store's clock)."""
-    leases = _leases(store)
+def _newest_live(leases: List[Lease], cfg: StoreConfig, server_now: float) -> Optional[Lease]:
+    """The newest of ``leases`` when it is still live at ``server_now`` (a time read off the store's clock)."""
     if leases and server_now - leases[-1].mtime < _dead_after(cfg):
         return leases[-1]
     return None
+
+
+def live_lease(store: Backend, cfg: StoreConfig, server_now: float) -> Optional[Lease]:
+    """The store's newest lease when it is still live at ``server_now``."""
+    return _newest_live(_leases(store), cfg, server_now)
 
 
 def _mtime(store: Backend, key: str) -> float:
@@ -195,9 +199,9 @@ class PassLease:
     def __enter__(self) -> "PassLease":
         leases = _leases(self.store)
         now = server_now(self.store)
-        if leases and now - leases[-1].mtime < _dead_after(self.cfg):
-            raise GcBusy("another store gc pass holds the store (its lease was renewed %.0f s ago)"
-                         % (now - leases[-1].mtime))
+        held = _newest_live(leases, self.cfg, now)
+        if held is not None:
+            raise GcBusy("another store gc pass holds the store (its lease was renewed %.0f s ago)" % (now - held.mtime))
         seq = leases[-1].seq + 1 if leases else 1
         started = self.mono()
         try:
@@ -213,12 +217,12 @@ class PassLease:
         """Seconds this pass may still delete."""
         return self.deadline - self.mono()
 
-    def renew(self, force: bool = False) -> None:
+    def renew(self) -> None:
         """Re-write the lease when a quarter of its time has gone (commits see its new mtime).  A renewal
         that completes after the deadline has passed means the pass was stalled and may have been taken
         over: it stops (GcBusy)."""
         assert self.lease is not None
-        if not force and self.mono() - self.renewed < self.cfg.lease / 4:
+        if self.mono() - self.renewed < self.cfg.lease / 4:
             return
         started = self.mono()
         self.store.put(self.lease.key, self.body)
@@ -340,15 +344,8 @@ def store_gc(store: Backend, grace: float, live_chunks: Callable[[str], Set[str]
                 kept += 1
             elif o.mtime < cutoff:
                 doomed.append((o.key, o.size))
-        deleted = freed = 0
         for i in range(0, len(doomed), 500):
-            lease.renew()
-            if lease.left() <= 0:
-                log.warning("gc: the lease's time is up; %d unreferenced chunks left for the next pass", len(doomed) - i)
-                break
-            batch = doomed[i:i + 500]
-            store.delete_many([k for k, _ in batch])
-            deleted += len(batch)
-            freed += sum(n for _, n in batch)
-        return {"jobs": jobs, "referenced": len(referenced), "kept": kept, "deleted": deleted, "bytes": freed,
-                "left": len(doomed) - deleted}
+            lease.renew()  # stops the pass (GcBusy) if it was stalled past its deadline
+            store.delete_many([k for k, _ in doomed[i:i + 500]])
+        return {"jobs": jobs, "referenced": len(referenced), "kept": kept, "deleted": len(doomed),
+                "bytes": sum(n for _, n in doomed)}
