@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
-from .codec import Entry, decode_chunk, encode_chunk
+from .codec import SAMPLE_BYTES, Entry, decode_chunk, encode_chunk, raw_chunk
 from .errors import IntegrityError, ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -45,56 +45,103 @@ class ChunkStore:
 
 
 class Pace:
-    """Whether compressing a chunk pays on this store: it does when compressing it takes less time
-    than sending the bytes it saves.  Learned from this checkpointer's own uploads (bytes per second
-    of wall time with any upload in flight) and compressions (bytes per CPU second, times the cores
-    the workers can use); until 8 MiB of each are seen, and for any store slower than that, chunks are
-    compressed whenever their sample saves more than 10%."""
+    """Whether compressing a chunk pays on this store: it does unless sending the bytes it would save
+    takes less than half the time compressing takes (``MARGIN``: compressed chunks also cost less to
+    keep and to restore, and load a shared store less, so a close call compresses).
 
-    LEARN = 8 << 20
+    The compression rate comes from the 16 KiB sample every chunk is tried with (bytes per CPU second
+    on samples that compress, times the cores the workers can use), so it is known from the first
+    chunk on.  The store's upload rate (bytes per second of wall time with any upload in flight) comes
+    from this checkpointer's own uploads; until one has landed, the first compressible chunk of a
+    commit that uploads as it reads goes raw and alone (the probe), and the other workers wait for it
+    before deciding (up to ``PROBE_WAIT``: a chunk's upload on a slow link).  Where chunks are only
+    spooled (nothing is sent while they are encoded) and nothing was sent before, and for any store
+    slower than compressing, a chunk is compressed whenever its sample saves more than 10%.  On a store
+    faster than compressing could ever pay (a saving of 100%; the rate of any sample while none has
+    compressed), chunks go raw without a sample, but for one in ``RESAMPLE`` (the rates and the data
+    may change)."""
 
-    def __init__(self, workers: int) -> None:
+    PROBE_WAIT = 10.0
+    RESAMPLE = 16
+    MARGIN = 2.0
+
+    def __init__(self, workers: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self.cores = max(1, min(workers, os.cpu_count() or 1))
         self.sent = 0
         self.send_wall = 0.0
         self._inflight = 0
         self._since = 0.0
-        self.packed = 0
+        self.packed = 0  # sample bytes that compressed, and their CPU time
         self.pack_cpu = 0.0
+        self.sampled = 0  # every sample (incompressible data compresses slower)
+        self.sample_cpu = 0.0
+        self._probe: Optional[threading.Event] = None  # set when the first upload has ended
+        self._unsampled = 0
 
-    def worth(self, saving: float) -> bool:
+    def worth(self, saving: float, seconds: float = 0.0, live: bool = False) -> bool:
+        """``live``: the chunk is sent as soon as it is encoded (no spool)."""
+        with self._lock:
+            self.sampled += SAMPLE_BYTES
+            self.sample_cpu += seconds
         if saving <= 0.1:
             return False
         with self._lock:
-            if self.sent < self.LEARN or self.packed < self.LEARN or self.send_wall <= 0 or self.pack_cpu <= 0:
+            self.packed += SAMPLE_BYTES
+            self.pack_cpu += seconds
+            probe = self._probe
+            if self.sent == 0 and live and probe is None:
+                self._probe = threading.Event()
+                return False  # the probe: sent raw, it measures the store
+        if self.sent == 0 and live and probe is not None:
+            probe.wait(self.PROBE_WAIT)
+        with self._lock:
+            wall = self.send_wall + (self.clock() - self._since if self._inflight else 0.0)
+            if self.sent == 0 or wall <= 0 or self.pack_cpu <= 0:
                 return True
-            upload = self.sent / self.send_wall
+            upload = self.sent / wall
             compress = self.packed / self.pack_cpu * self.cores
-        return saving * compress > upload
+        return self.MARGIN * saving * compress > upload
 
-    def encode(self, data: bytes, codec: str) -> bytes:
-        t = time.thread_time()
-        blob = encode_chunk(data, codec, self.worth)
-        if blob[:1] != b"\x00":
-            with self._lock:
-                self.packed += len(data)
-                self.pack_cpu += time.thread_time() - t
-        return blob
+    def encode(self, data: bytes, codec: str, live: bool = False) -> bytes:
+        with self._lock:
+            wall = self.send_wall + (self.clock() - self._since if self._inflight else 0.0)
+            packed, cpu = (self.packed, self.pack_cpu) if self.pack_cpu > 0 else (self.sampled, self.sample_cpu)
+            pointless = (self.sent > 0 and wall > 0 and cpu > 0
+                         and self.sent / wall > self.MARGIN * packed / cpu * self.cores)
+            if pointless:
+                self._unsampled = (self._unsampled + 1) % self.RESAMPLE
+                pointless = self._unsampled != 0
+        if pointless:
+            return raw_chunk(data)
+        return encode_chunk(data, codec, lambda saving, seconds: self.worth(saving, seconds, live))
+
+    def abandon(self) -> None:
+        """A chunk will not be sent after all: nobody waits for a probe that may have been it."""
+        probe = self._probe
+        if probe is not None:
+            probe.set()
 
     def send(self, put: Callable[[], None], n: int) -> None:
         with self._lock:
             if self._inflight == 0:
-                self._since = time.monotonic()
+                self._since = self.clock()
             self._inflight += 1
+        ok = False
         try:
             put()
+            ok = True
         finally:
             with self._lock:
                 self._inflight -= 1
-                self.sent += n
+                if ok:
+                    self.sent += n
                 if self._inflight == 0:
-                    self.send_wall += time.monotonic() - self._since
+                    self.send_wall += self.clock() - self._since
+                probe = self._probe
+            if probe is not None:
+                probe.set()  # landed or failed: nobody waits longer than one upload
 
 
 class Stats:
@@ -242,12 +289,13 @@ class Checkpointer:
                     pending.add(digest)
                 if self.chunks.skip(digest):
                     return digest
-                blob = self.pace.encode(data, self.codec)
+                blob = self.pace.encode(data, self.codec, live=spool is None)
                 if spool is not None:
                     with open(os.path.join(spool, digest), "wb") as f:
                         f.write(blob)
                 else:
                     if self.cancel():
+                        self.pace.abandon()
                         raise IntegrityError("checkpoint cancelled")
                     self.pace.send(lambda: self.chunks.put(digest, blob), len(blob))
                     stats.add(transferred=len(blob))

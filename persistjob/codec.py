@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 import zlib
 from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple
 
@@ -43,7 +44,7 @@ def check_format(version: int, what: str) -> None:
 CODECS, DEFAULT_CODEC = C.CODECS, C.DEFAULT_CODEC
 _CODEC_BYTE = {"zstd": _CODEC_ZSTD, "zlib": _CODEC_ZLIB}
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_PROBE = 16 << 10  # zlib is slow on incompressible data: try a sample first
+SAMPLE_BYTES = 16 << 10  # zlib is slow on incompressible data: try a sample first
 
 _tls = threading.local()
 
@@ -81,17 +82,18 @@ def check_codec(codec: str) -> str:
     return codec
 
 
-def _pack(data: bytes, codec: str, worth: Callable[[float], bool]) -> bytes:
-    if len(data) > 2 * _PROBE:
-        sample = _compressor().compress(data[:_PROBE]) if codec == "zstd" else zlib.compress(data[:_PROBE], 1)
-        if not worth(1.0 - len(sample) / _PROBE):
+def _pack(data: bytes, codec: str, worth: Callable[[float, float], bool]) -> bytes:
+    if len(data) > 2 * SAMPLE_BYTES:
+        t = time.thread_time()
+        sample = _compressor().compress(data[:SAMPLE_BYTES]) if codec == "zstd" else zlib.compress(data[:SAMPLE_BYTES], 1)
+        if not worth(1.0 - len(sample) / SAMPLE_BYTES, time.thread_time() - t):
             return b""  # the sample does not compress enough to pay for compressing the whole
     if codec == "zstd":
         return _compressor().compress(data)
     return zlib.compress(data, 1)
 
 
-def _default_worth(saving: float) -> bool:
+def _default_worth(saving: float, seconds: float = 0.0) -> bool:
     return saving > 0.1
 
 
@@ -103,14 +105,20 @@ def _unzlib(body: bytes, limit: int) -> bytes:
     return data
 
 
-def encode_chunk(data: bytes, codec: str = DEFAULT_CODEC, worth: Callable[[float], bool] = _default_worth) -> bytes:
-    """One codec byte and the data, compressed when it pays, else raw.  ``worth(saving)`` says whether
-    a chunk whose 16 KiB sample compresses by ``saving`` (0..1) is worth compressing (by default: more
-    than 10%; the checkpointer weighs it against the store's upload rate); the result must also be 3%
-    smaller."""
+def encode_chunk(data: bytes, codec: str = DEFAULT_CODEC,
+                 worth: Callable[[float, float], bool] = _default_worth) -> bytes:
+    """One codec byte and the data, compressed when it pays, else raw.  ``worth(saving, seconds)`` says
+    whether a chunk whose 16 KiB sample compressed by ``saving`` (0..1) in ``seconds`` of CPU is worth
+    compressing (by default: more than 10%; the checkpointer weighs it against the store's upload
+    rate); the result must also be 3% smaller."""
     packed = _pack(data, codec, worth)
     if packed and len(packed) < len(data) * 0.97:
         return _CODEC_BYTE[codec] + packed
+    return raw_chunk(data)
+
+
+def raw_chunk(data: bytes) -> bytes:
+    """A chunk stored as it is (no sample tried)."""
     return _CODEC_RAW + bytes(data)
 
 

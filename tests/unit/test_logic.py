@@ -482,16 +482,72 @@ def test_a_stalled_gc_pass_stops_at_its_next_renewal(tmp_path):
 
 def test_compression_is_skipped_when_sending_is_faster_than_compressing():
     from persistjob.checkpoint import Pace
+    from persistjob.codec import SAMPLE_BYTES
 
     p = Pace(workers=8)
     p.cores = 2
-    assert not p.worth(0.05)  # a sample that barely compresses: never
-    assert p.worth(0.5)  # nothing learnt yet: compress
+    assert not p.worth(0.05, 1e-4)  # a sample that barely compresses: never
+    assert p.packed == 0  # nor does it teach the compression rate (random data compresses slower)
+    assert p.worth(0.5, 1e-4)  # no upload seen yet: compress
+    assert p.packed == SAMPLE_BYTES  # the sample taught the rate
     p.sent, p.send_wall = 400 << 20, 1.0  # the store takes 400 MB/s
     p.packed, p.pack_cpu = 120 << 20, 1.0  # zlib: 120 MB per CPU second, 240 on two cores
-    assert not p.worth(0.67)  # 0.67 x 240 = 161 MB/s saved < 400 MB/s sent: send it raw
+    # 0.67 x 240 = 161 MB/s saved, twice that (the margin for what compression saves later) < 400 MB/s: raw
+    assert not p.worth(0.67, SAMPLE_BYTES / (120 << 20))
     p.sent, p.send_wall = 100 << 20, 1.0  # a 1 Gb/s WAN link
-    assert p.worth(0.67) and not p.worth(0.3)
-    assert p.encode(b"text " * 100000, "zlib")[:1] == b"\x02"  # zlib
+    assert p.worth(0.67, SAMPLE_BYTES / (120 << 20)) and not p.worth(0.15, SAMPLE_BYTES / (120 << 20))
+    text = b"".join(b"%08d text %d\n" % (i, i * 7919 % 1000) for i in range(60000))
+    assert p.encode(text, "zlib")[:1] == b"\x02"  # zlib: the sample's own time keeps the rate near 120 MB/s
     p.sent, p.send_wall = 10 << 30, 1.0  # 10 GB/s: compressing never pays
-    assert p.encode(b"text " * 100000, "zlib")[:1] == b"\x00"  # raw
+    assert p.encode(text, "zlib")[:1] == b"\x00"  # raw
+
+
+def test_the_first_compressible_chunk_probes_the_store_and_the_others_wait_for_it():
+    import threading
+
+    from persistjob.checkpoint import Pace
+    from persistjob.codec import SAMPLE_BYTES
+
+    cpu = SAMPLE_BYTES / (120 << 20)  # zlib at 120 MB per CPU second
+    clock = [100.0]
+    p = Pace(workers=8, clock=lambda: clock[0])
+    p.cores = 2
+    assert p.worth(0.67, cpu, live=False)  # spooled, nothing sent yet: compress (the payload is frozen)
+    assert not p.worth(0.67, cpu, live=True)  # uploads as it reads: the first goes raw and measures the store
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(p.worth(0.67, cpu, live=True)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not answers  # waits for the probe's upload, not for a timer
+
+    def put() -> None:
+        clock[0] += 0.002  # 1 MiB in 2 ms: 524 MB/s, more than twice the 0.67 x 240 MB/s zlib saves
+
+    p.send(put, 1 << 20)
+    waiter.join(5)
+    assert answers == [False]  # decided on the measured rate: raw
+    p.sent, p.send_wall = 10 << 20, 1.0  # 10 MB/s: compress
+    assert p.worth(0.67, cpu, live=True)
+
+
+def test_a_probe_that_fails_or_is_cancelled_releases_the_waiters():
+    import threading
+
+    from persistjob.checkpoint import Pace
+
+    for end in ("fail", "abandon"):
+        p = Pace(workers=8)
+        assert not p.worth(0.5, 1e-4, live=True)  # the probe
+        answers = []
+        waiter = threading.Thread(target=lambda: answers.append(p.worth(0.5, 1e-4, live=True)))
+        waiter.start()
+        if end == "fail":
+            def put() -> None:
+                raise OSError("store down")
+            with pytest.raises(OSError):
+                p.send(put, 1 << 20)
+            assert p.sent == 0  # a failed upload teaches nothing
+        else:
+            p.abandon()
+        waiter.join(5)
+        assert answers == [True]  # nothing learnt: compress, as before

@@ -1,7 +1,5 @@
 """Pure logic of the Work Queue executor: submit language, -format/-af, job ads, worker command lines."""
 
-import io
-
 import pytest
 
 from persistjob.errors import ConfigError
