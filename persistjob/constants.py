@@ -32,6 +32,10 @@ DEFAULT_CRASH_LIMIT = 3
 DEFAULT_STORAGE_TIMEOUT = 300.0
 DEFAULT_CHUNK_SIZE = 1 << 20
 
+# Store URL schemes: grid storage through gfal2 (root:// data through the XRootD client), then ours.
+GRID_SCHEMES = ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm")
+STORE_SCHEMES = ("file", "s3") + GRID_SCHEMES
+
 # Compression of stored chunks and manifests (persistjob.codec): zlib is in every Python.
 CODECS = ("zlib", "zstd")
 DEFAULT_CODEC = "zlib"

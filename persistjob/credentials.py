@@ -16,7 +16,8 @@ import tempfile
 from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import parse_qs
 
-from .errors import ConfigError
+from . import constants as C
+from .errors import ConfigError, InvalidURL
 
 #: Names (or name patterns) of variables that hold secrets.  A name ending in _FILE, _DIR or _PATH
 #: holds a path, which is no secret (AWS_SHARED_CREDENTIALS_FILE, BEARER_TOKEN_FILE).
@@ -162,6 +163,9 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     """How a job of ``store`` gets its credentials (see the module's docstring)."""
     environ = os.environ if environ is None else environ
     scheme = store.split("://", 1)[0] if "://" in store else ""
+    if "$$(" not in store and scheme not in C.STORE_SCHEMES:  # before any credential is looked for
+        raise InvalidURL("store URL %r: expected one of %s" % (store.split("?", 1)[0], ", ".join(
+            s + "://" for s in C.STORE_SCHEMES)))
     if none or "$$(" in store or scheme == "file":
         return Shipment()
     files: List[str] = []

@@ -7,6 +7,7 @@ the scheme is not its own: ``file://``, ``s3://``, and gfal2's ``root://``,
 
 from typing import Callable, List, Optional
 
+from .. import constants as C
 from ..errors import InvalidURL
 from .base import Backend, ObjectInfo, check_key, split_url
 from .retry import RetryingBackend
@@ -29,7 +30,7 @@ def _s3(url: str) -> Optional[Backend]:
 
 
 def _gfal(url: str) -> Optional[Backend]:
-    if url.split("://", 1)[0] not in ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm"):
+    if url.split("://", 1)[0] not in C.GRID_SCHEMES:
         return None
     from . import gfal  # gfal2 is imported only when a grid store is used
 

@@ -41,10 +41,11 @@ import zlib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .. import constants as C
 from ..errors import InvalidURL, ObjectExists, ObjectNotFound, StorageConfigError, StorageError, StorageUnavailable
 from .base import Backend, ObjectInfo, check_key, split_url, tls_trust_error
 
-SCHEMES = ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm")
+SCHEMES = C.GRID_SCHEMES
 _XROOTD = ("root", "roots", "xroot")
 
 # The XRootD client retries a refused connection for minutes by default; persistjob's own retry

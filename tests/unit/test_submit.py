@@ -497,3 +497,14 @@ def test_status_lists_the_summaries_and_confirms_from_the_log_what_they_would_fl
 
     views, counts = status(from_log=True)
     assert {v.as_json()["read_from"] for v in views} == {"log"} and views[0].generation == 2
+
+
+def test_a_store_url_no_backend_reads_is_refused_before_credentials_are_looked_for():
+    from persistjob.credentials import shipment
+    from persistjob.errors import InvalidURL
+
+    for bad in ("bad", "ftp://host/x", "S3://bucket/p", "/srv/state"):
+        with pytest.raises(InvalidURL, match="expected one of file://, s3://, root://"):
+            shipment(bad, none=True)  # even when the site provides the credentials
+    assert shipment("root://se//store?checksum_slots=1", none=True).files == ()
+    assert shipment("$$(PersistStoreURL)/jobs").files == ()  # a machine-ad macro: the worker's value
