@@ -785,7 +785,7 @@ def entry() -> None:
     try:
         opts, _ = _split_payload(sys.argv[1:])
         quick = _command_of(opts) == "submit"
-    except PersistJobError:
+    except Exception:  # main has said what was wrong with the line
         quick = False
     if quick:
         try:
