@@ -13,7 +13,7 @@ import pytest
 
 from persistjob import contract as C
 from persistjob.constants import MARKER_NAME
-from persistjob.repo import JobRepo, job_key
+from persistjob.repo import JobRepo
 from persistjob.repo.log import JobLog
 from tests.conftest import COUNTER, REPO, clean_env, error_lines, job_id, stop_group, storage_down_20s_mid_run, two_wrappers_at_once, wait_for
 
@@ -207,8 +207,8 @@ def _store_keys(store, summaries=True):
     return {o.key for o in store.backend().list("") if summaries or not o.key.startswith(SUMMARY_ROOT)}
 
 
-def _seed(store, jid):
-    r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", "/tmp/pj-seed-" + job_key(jid)[:8],
+def _seed(store, jid, tmp_path):
+    r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "seed"),
                   "--lifetime", "1s", "--", PY, COUNTER)
     assert r.returncode == 85, r.stderr
     return _store_keys(store)
@@ -226,7 +226,7 @@ def _assert_one_line_78(r):
                                   "bad-option", "no-payload"])
 def test_bad_input_exit_78(store, tmp_path, case):
     jid = job_id()
-    before = _seed(store, jid)
+    before = _seed(store, jid, tmp_path)
     base = ["run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck"), "--lifetime", "2s"]
     payload = ["--", PY, COUNTER]
     if case == "no-job-id":
@@ -255,7 +255,7 @@ def test_bad_input_exit_78(store, tmp_path, case):
 
 def test_bad_credentials_and_missing_bucket(s3store, tmp_path):
     jid = job_id()
-    before = _seed(s3store, jid)
+    before = _seed(s3store, jid, tmp_path)
     args = ["run", "--job-id", jid, "--checkpoint-dir", str(tmp_path / "ck"), "--", PY, COUNTER]
     r = s3store.cli(*args[:1], "--store", s3store.url, *args[1:], env={"AWS_SECRET_ACCESS_KEY": "wrong"})
     assert "credentials" in _assert_one_line_78(r)
@@ -278,7 +278,7 @@ def test_s3_over_tls_trusted_then_untrusted(tmp_path):
         assert server.endpoint.startswith("https://")
         trusted = Store("s3", "s3://%s/j" % bucket, dict(server.env(), AWS_CA_BUNDLE=tls["ca"]), server)
         jid = job_id()
-        before = _seed(trusted, jid)
+        before = _seed(trusted, jid, tmp_path)
         by_url = Store("s3", "s3://%s/j?verify=%s" % (bucket, tls["ca"]), server.env(), server)
         r = by_url.cli("checkpoint", "verify", "--store", by_url.url, "--job-id", jid)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -297,7 +297,7 @@ def test_path_traversal_manifest_refused(store, tmp_path):
     import hashlib
 
     jid = job_id()
-    _seed(store, jid)
+    _seed(store, jid, tmp_path)
     b = store.backend()
     repo = JobRepo(b, jid)
     joblog = repo.log
@@ -323,7 +323,7 @@ def test_storage_unreachable_at_start_exits_75(own_seaweed, tmp_path):
     bucket = own_seaweed.make_bucket()
     st = Store("s3", "s3://%s/j" % bucket, own_seaweed.env(), own_seaweed)
     jid = job_id()
-    before = _seed(st, jid)
+    before = _seed(st, jid, tmp_path)
     own_seaweed.stop()
     try:
         t0 = time.monotonic()
