@@ -97,19 +97,22 @@ class Pace:
         if self.sent == 0 and live and probe is not None:
             probe.wait(self.PROBE_WAIT)
         with self._lock:
-            wall = self.send_wall + (self.clock() - self._since if self._inflight else 0.0)
-            if self.sent == 0 or wall <= 0 or self.pack_cpu <= 0:
-                return True
-            upload = self.sent / wall
-            compress = self.packed / self.pack_cpu * self.cores
-        return self.MARGIN * saving * compress > upload
+            rates = self._rates()
+        return rates is None or self.MARGIN * saving * rates[1] > rates[0]
+
+    def _rates(self) -> Optional[Tuple[float, float]]:
+        """(upload, compression) in bytes per second, once both are known (call with the lock held).
+        Compression: on samples that compressed, else on any (incompressible data is slower)."""
+        wall = self.send_wall + (self.clock() - self._since if self._inflight else 0.0)
+        packed, cpu = (self.packed, self.pack_cpu) if self.pack_cpu > 0 else (self.sampled, self.sample_cpu)
+        if self.sent == 0 or wall <= 0 or cpu <= 0:
+            return None
+        return self.sent / wall, packed / cpu * self.cores
 
     def encode(self, data: bytes, codec: str, live: bool = False) -> bytes:
         with self._lock:
-            wall = self.send_wall + (self.clock() - self._since if self._inflight else 0.0)
-            packed, cpu = (self.packed, self.pack_cpu) if self.pack_cpu > 0 else (self.sampled, self.sample_cpu)
-            pointless = (self.sent > 0 and wall > 0 and cpu > 0
-                         and self.sent / wall > self.MARGIN * packed / cpu * self.cores)
+            rates = self._rates()
+            pointless = rates is not None and rates[0] > self.MARGIN * rates[1]  # even a 100% saving would not pay
             if pointless:
                 self._unsampled = (self._unsampled + 1) % self.RESAMPLE
                 pointless = self._unsampled != 0
