@@ -377,13 +377,16 @@ def cmd_status(a: argparse.Namespace) -> int:
     if a.stats:
         print(S.stats_line(views, stores.totals(), time.monotonic() - t0), file=sys.stderr)
     if a.format == "prometheus":
-        sys.stdout.write(S.prometheus_text(views, now, stores.totals()))
+        sys.stdout.write(S.prometheus_text(views, now, stores.totals(), stores.notes.values()))
     elif a.json or a.format == "json":
         print(json.dumps([v.as_json() for v in views], indent=1, default=str))
     elif not views:
         print("no persistent jobs%s" % (" match %s" % a.constraint if a.constraint else ""))
     else:
         print(S.status_table(views, now))
+        for note in sorted(stores.notes.values()):
+            if note.shared:  # a per-job store, the usual kind, adds no line
+                print(note.line())
     return 1 if any(v.flags for v in views) else 0
 
 

@@ -2,7 +2,7 @@
 the flags that name what needs a human.  The store side goes through the repository layer."""
 
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 from . import constants as C
 from . import contract as X
@@ -95,6 +95,24 @@ def flag_job(v: JobView, now: float, *, idle_long: float, default_interval: floa
     return flags
 
 
+class StoreNote(NamedTuple):
+    """A store's own state, beside its jobs': whether it keeps chunks once for all its jobs
+    (``?dedup=store``), and when the newest gc pass that may still be running took its lease (the
+    store's clock; commits wait while it runs)."""
+
+    url: str
+    shared: bool
+    gc_since: Optional[float]
+
+    def line(self) -> str:
+        if not self.shared:
+            return "store %s: each job keeps its own chunks" % self.url
+        gc = ("a gc pass is running (lease taken %s; commits wait for it)"
+              % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.gc_since))
+              if self.gc_since is not None else "no gc pass running")
+        return "store %s: chunks kept once for all its jobs (dedup=store); %s" % (self.url, gc)
+
+
 class StoreCache:
     """One storage client per store URL (jobs of one submission share their store), and each store's
     summaries and fenced notes, each from one listing."""
@@ -109,6 +127,8 @@ class StoreCache:
         self._list_locks: Dict[Tuple[str, str], Any] = {}
         #: Stores with enough jobs in this view that one listing of every job's summary beats one per job.
         self.bulk: Set[str] = set()
+        #: What each store in view says of itself, by URL.
+        self.notes: Dict[str, StoreNote] = {}
 
     def _once(self, what: str, url: str, make: Any) -> Any:
         import threading
@@ -131,6 +151,23 @@ class StoreCache:
         from .repo import summary_index
 
         return self._once("summaries", url, summary_index)
+
+    def note(self, url: str, now: float) -> None:
+        """What the store says of itself (``StoreNote``), read once per status; a store that does not
+        answer gets none."""
+        from .repo import shared
+
+        def read(store: Any) -> "StoreNote":
+            cfg = shared.peek_config(store)
+            lease = shared.live_lease(store, cfg, now) if cfg.dedup else None
+            return StoreNote(url, cfg.dedup, lease.mtime if lease else None)
+
+        try:
+            note = self._once("note", url, read)
+        except PersistJobError:
+            return
+        with self._lock:
+            self.notes[url] = note
 
     def get(self, url: str) -> Any:
         with self._lock:
@@ -240,14 +277,14 @@ def status_table(views: Iterable[JobView], now: float) -> str:
 STORE_TIMEOUT = "the store did not answer in time"
 
 
-def _in_threads(views: List[JobView], fill: Any, deadline: float) -> None:
-    """``fill`` every view by 8 daemon threads until ``deadline``: a site check over a thousand jobs does
+def _in_threads(views: List[Any], fill: Any, deadline: float) -> None:
+    """``fill`` every view (or store) by 8 daemon threads until ``deadline``: a site check over a thousand jobs does
     not wait for them one after another, and a store that hangs is given up on at the deadline (a daemon
     thread still waiting on it does not keep the command from exiting)."""
     import queue
     import threading
 
-    todo: "queue.Queue[JobView]" = queue.Queue()
+    todo: "queue.Queue[Any]" = queue.Queue()
     for v in views:
         todo.put(v)
 
@@ -286,6 +323,7 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     stores.bulk = {u for u, n in per_store.items() if u and n >= BULK_MIN}
 
     _in_threads(views, lambda v: store_view(v, url(v), fenced_window, started, stores, from_log=from_log), deadline)
+    _in_threads(sorted(u for u in per_store if u and "$$(" not in u), lambda u: stores.note(u, started), deadline)
     now = clock()
     # A summary behind its log could make a job look stalled or crash-looping: those are read again
     # from the log before they are flagged.
@@ -301,10 +339,12 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     return views, now
 
 
-def prometheus_text(views: List[JobView], now: float, stores: Dict[str, Dict[str, int]]) -> str:
+def prometheus_text(views: List[JobView], now: float, stores: Dict[str, Dict[str, int]],
+                    notes: Iterable[StoreNote] = ()) -> str:
     """The text exposition format, for the node exporter's textfile collector: per job its generation,
     seconds since its last commit, runs, lost runs, bytes of its newest commit and flags; per store its
-    requests and bytes read by this status.  Made with prometheus_client (the ``prometheus`` extra)."""
+    requests and bytes read by this status, whether it shares chunks and whether a gc pass runs.  Made
+    with prometheus_client (the ``prometheus`` extra)."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
         from prometheus_client.core import GaugeMetricFamily
@@ -355,6 +395,16 @@ def prometheus_text(views: List[JobView], now: float, stores: Dict[str, Dict[str
                 read.add_metric([url], t.get("bytes_read", 0))
             yield req
             yield read
+            shared = GaugeMetricFamily("persistjob_store_shared_chunks", "1 when the store keeps chunks once for all "
+                                       "its jobs (dedup=store)", labels=["store"])
+            gc = GaugeMetricFamily("persistjob_store_gc_running", "1 while a store-wide gc pass holds its lease "
+                                   "(commits wait)", labels=["store"])
+            for note in sorted(notes):
+                shared.add_metric([note.url], int(note.shared))
+                if note.shared:
+                    gc.add_metric([note.url], int(note.gc_since is not None))
+            yield shared
+            yield gc
 
     registry = CollectorRegistry()
     registry.register(Collector())  # type: ignore[arg-type]

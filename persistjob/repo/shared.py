@@ -109,6 +109,15 @@ def store_config(store: Backend, create: Optional[StoreConfig] = None) -> StoreC
     return cfg
 
 
+def peek_config(store: Backend) -> StoreConfig:
+    """The store's mode as it is, for a reader that must not change it (``status``): never creates
+    ``store.json``, whatever the URL says."""
+    try:
+        return StoreConfig.from_bytes(store.get(STORE_CONFIG))
+    except ObjectNotFound:
+        return PER_JOB
+
+
 def _create(store: Backend, cfg: StoreConfig) -> StoreConfig:
     first = next(iter(store.list("")), None)
     if first is not None:

@@ -486,14 +486,14 @@ def test_status_lists_the_summaries_and_confirms_from_the_log_what_they_would_fl
         assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["log"] * 8
         assert views[9].fenced == 1 and views[8].fenced == 0
         # The summaries and the notes listed; then per confirmed job its summary, its log and its notes in
-        # two places listed, and its newest record read (and job 9's note).
-        assert (counts["list"], counts["get"]) == (summary_lists + 1 + 9 * 4, 9 + 1), counts
+        # two places listed, and its newest record read (and job 9's note); the store's own mode read once.
+        assert (counts["list"], counts["get"]) == (summary_lists + 1 + 9 * 4, 9 + 1 + 1), counts
 
         for v in ads[2:]:  # the same jobs, idle: nothing to confirm but job 0
             v["JobStatus"] = 1
         views, counts = status()
         assert [v.as_json()["read_from"] for v in views] == ["log", "summary"] + ["summary"] * 8
-        assert (counts["list"], counts.get("get")) == (summary_lists + 1 + 4, 1), counts
+        assert (counts["list"], counts.get("get")) == (summary_lists + 1 + 4, 1 + 1), counts  # and store.json
 
     views, counts = status(from_log=True)
     assert {v.as_json()["read_from"] for v in views} == {"log"} and views[0].generation == 2
@@ -508,3 +508,55 @@ def test_a_store_url_no_backend_reads_is_refused_before_credentials_are_looked_f
             shipment(bad, none=True)  # even when the site provides the credentials
     assert shipment("root://se//store?checksum_slots=1", none=True).files == ()
     assert shipment("$$(PersistStoreURL)/jobs").files == ()  # a machine-ad macro: the worker's value
+
+
+def test_status_says_which_stores_share_chunks_and_when_a_gc_pass_runs_without_writing(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from persistjob import status as S
+    from persistjob.repo import JobRepo, shared
+    from persistjob.storage import get_backend
+
+    url = "file://%s?dedup=store" % (tmp_path / "store")
+    repo = JobRepo(get_backend(url), "pool#1.0#1")
+    repo.check_fencing = lambda: None
+    repo.claim()
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "state").write_bytes(b"y" * 3000)
+    ws = repo.workspace(str(tmp_path / "ck"), racy=0)
+    repo.commit(ws, ws.snapshot())
+    ws.close()
+    empty = "file://%s?dedup=store" % (tmp_path / "empty")  # a URL that would create store.json if written through
+    ads = [{"ClusterId": 1, "ProcId": 0, "GlobalJobId": "pool#1.0#1", "JobStatus": 2, C.ATTR_STORE: url,
+            "EnteredCurrentStatus": 0},
+           {"ClusterId": 2, "ProcId": 0, "GlobalJobId": "pool#2.0#1", "JobStatus": 1, C.ATTR_STORE: empty,
+            "EnteredCurrentStatus": 0}]
+
+    class Schedd:
+        def persistent_jobs(self, constraint):
+            return ads
+
+    def status():
+        stores = S.StoreCache(10)
+        views, now = S.collect_status(Schedd(), None, None, idle_long=3600, default_interval=3600,
+                                      fenced_window=86400, stores=stores)
+        return views, now, stores
+
+    views, now, stores = status()
+    assert stores.notes[url] == S.StoreNote(url, True, None)
+    assert stores.notes[empty] == S.StoreNote(empty, False, None)
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("store.json"))  # read only
+    assert stores.notes[url].line().endswith("chunks kept once for all its jobs (dedup=store); no gc pass running")
+
+    store = get_backend(url)
+    with shared.PassLease(store, shared.store_config(store)):  # a gc pass holds the store
+        views, now, stores = status()
+        note = stores.notes[url]
+        assert note.shared and note.gc_since is not None and abs(note.gc_since - now) < 60
+        assert "a gc pass is running (lease taken " in note.line()
+        fams = {f.name: f for f in text_string_to_metric_families(
+            S.prometheus_text(views, now, stores.totals(), stores.notes.values()))}
+    assert {s.labels["store"]: s.value for s in fams["persistjob_store_shared_chunks"].samples} == {url: 1, empty: 0}
+    assert {s.labels["store"]: s.value for s in fams["persistjob_store_gc_running"].samples} == {url: 1}
+    views, now, stores = status()
+    assert stores.notes[url].gc_since is None  # the pass ended: its lease is gone
