@@ -307,6 +307,11 @@ class XRootD:
     def stop(self) -> None:
         stop_session(self.proc)
         self.proc = None
+        if self.ports:  # xrootd leaves /tmp/xrootd.<instance name>.env behind (74 had piled up)
+            try:
+                os.unlink("/tmp/xrootd.pj%d.env" % self.ports["root"])
+            except FileNotFoundError:
+                pass
 
     def restart(self) -> None:
         self.start()
