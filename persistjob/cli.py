@@ -20,7 +20,6 @@ from .identity import check_job_id, format_bytes, format_utc, parse_duration
 from .options import add_run_options, format_duration, given, run_argv, run_options
 
 
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with the rules of this CLI: no abbreviated options (a prefix such as ``--max-run``
     is an unknown option, never silently another one), an unknown option is named before a missing
