@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from . import constants as C
 from .codec import SAMPLE_BYTES, Entry, decode_chunk, encode_chunk, raw_chunk
@@ -453,7 +453,7 @@ class Checkpointer:
         stats.add(seconds=time.monotonic() - t0)
         return stats
 
-    def _fetch(self, digest: str, size: int, stats: Stats) -> bytes:
+    def _fetch(self, digest: str, size: int, stats: Stats) -> "Union[bytes, memoryview]":
         try:
             blob = self.chunks.get(digest)
         except ObjectNotFound:

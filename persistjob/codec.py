@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import zlib
-from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Set, Tuple, Union
 
 from . import constants as C
 from .errors import ConfigError, IntegrityError, UnsafeManifest
@@ -122,11 +122,11 @@ def raw_chunk(data: bytes) -> bytes:
     return _CODEC_RAW + bytes(data)
 
 
-def decode_chunk(blob: bytes, digest: str, size: int) -> bytes:
+def decode_chunk(blob: bytes, digest: str, size: int) -> "Union[bytes, memoryview]":
     """Decode a stored chunk and verify it against its name."""
     if not blob:
         raise IntegrityError("chunk %s is empty" % digest[:12])
-    codec, body = blob[:1], blob[1:]
+    codec, body = blob[:1], memoryview(blob)[1:]  # a view: a raw chunk is not copied again
     if codec == _CODEC_ZSTD:
         dctx = _decompressor("chunk %s" % digest[:12])  # a missing module is a ConfigError, not damage
     try:

@@ -108,6 +108,7 @@ def _wrap(exc: Any, what: str, store: str = "") -> StorageError:
 
 
 DEFAULT_CHECKSUM_SLOTS = 2
+_READ = 8 << 20  # bytes asked per read of an object
 _slots: Dict[Tuple[str, int], threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
 
@@ -356,15 +357,15 @@ class GfalBackend(Backend):
         try:
             parts: List[bytes] = []
             offset = 0
-            while True:
-                status, data = f.read(offset, 8 << 20)
+            while True:  # a read returns less than asked only at the end (so a chunk takes one read)
+                status, data = f.read(offset, _READ)
                 if not status.ok:
                     raise _xrootd_error(status, key)
-                if not data:
-                    break
                 parts.append(data)
                 offset += len(data)
-            return b"".join(parts)
+                if len(data) < _READ:
+                    break
+            return parts[0] if len(parts) == 1 else b"".join(parts)
         finally:
             f.close()
 
