@@ -793,8 +793,8 @@ def entry() -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-        except OSError:  # a closed pipe: the normal exit reports it as main does
-            sys.exit(rc)
+        except OSError:  # the reader went away before the last bytes: a normal end, as in main
+            os._exit(EXIT_BROKEN_PIPE)
         if "logging" in sys.modules:
             sys.modules["logging"].shutdown()
         os._exit(rc)

@@ -560,3 +560,21 @@ def test_status_says_which_stores_share_chunks_and_when_a_gc_pass_runs_without_w
     assert {s.labels["store"]: s.value for s in fams["persistjob_store_gc_running"].samples} == {url: 1}
     views, now, stores = status()
     assert stores.notes[url].gc_since is None  # the pass ended: its lease is gone
+
+
+def test_submit_ends_quickly_and_a_reader_gone_before_its_last_bytes_is_a_quiet_141(tmp_path):
+    """``submit`` skips the interpreter's teardown (cli.entry); output still buffered when it ends is
+    flushed first, and a pipe whose reader has gone ends it as a closed pipe ends any command: 141,
+    nothing on stderr."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret", HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "persistjob", "-q", "submit", "--dry-run", "--store", "s3://b/x", "--", "/bin/true"]
+    out = subprocess.run(cmd, capture_output=True, env=env, cwd=str(tmp_path))
+    assert out.returncode == 0 and out.stdout.decode().rstrip().endswith("queue 1") and out.stderr == b"", out
+    r, w = os.pipe()
+    os.close(r)
+    gone = subprocess.run(cmd, stdout=w, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path))
+    os.close(w)
+    assert gone.returncode == 141 and gone.stderr == b"", gone.stderr
