@@ -85,9 +85,8 @@ class Pace:
         with self._lock:
             self.sampled += SAMPLE_BYTES
             self.sample_cpu += seconds
-        if saving <= 0.1:
-            return False
-        with self._lock:
+            if saving <= 0.1:
+                return False
             self.packed += SAMPLE_BYTES
             self.pack_cpu += seconds
             probe = self._probe

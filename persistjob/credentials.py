@@ -163,10 +163,12 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     """How a job of ``store`` gets its credentials (see the module's docstring)."""
     environ = os.environ if environ is None else environ
     scheme = store.split("://", 1)[0] if "://" in store else ""
-    if "$$(" not in store and scheme not in C.STORE_SCHEMES:  # before any credential is looked for
+    # the machine ad's value, known only where the job runs (options.is_match_time, a layer above storage)
+    per_machine = "$$(" in store
+    if not per_machine and scheme not in C.STORE_SCHEMES:  # before any credential is looked for
         raise InvalidURL("store URL %r: expected one of %s" % (store.split("?", 1)[0], ", ".join(
             s + "://" for s in C.STORE_SCHEMES)))
-    if none or "$$(" in store or scheme == "file":
+    if none or per_machine or scheme == "file":
         return Shipment()
     files: List[str] = []
     env: List[Tuple[str, str]] = []

@@ -8,6 +8,7 @@ from . import constants as C
 from . import contract as X
 from .errors import ConfigError, PersistJobError
 from .identity import format_table
+from .options import is_match_time
 from .schedd import JOB_STATUS, Scheduler
 
 
@@ -206,8 +207,8 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
     from .repo import JobRepo
 
     gid = v.ad.get("GlobalJobId")
-    if not store_url or not gid or "$$(" in store_url:
-        v.store_error = "no store URL in the job ad" if not store_url or "$$(" in store_url else "no GlobalJobId"
+    if not store_url or not gid or is_match_time(store_url):
+        v.store_error = "no store URL in the job ad" if not store_url or is_match_time(store_url) else "no GlobalJobId"
         return
     try:
         store = stores.get(store_url)
@@ -278,9 +279,9 @@ STORE_TIMEOUT = "the store did not answer in time"
 
 
 def _in_threads(views: List[Any], fill: Any, deadline: float) -> None:
-    """``fill`` every view (or store) by 8 daemon threads until ``deadline``: a site check over a thousand jobs does
-    not wait for them one after another, and a store that hangs is given up on at the deadline (a daemon
-    thread still waiting on it does not keep the command from exiting)."""
+    """``fill`` every view (or store) by 8 daemon threads until ``deadline``: a site check over a
+    thousand jobs does not wait for them one after another, and a store that hangs is given up on at
+    the deadline (a daemon thread still waiting on it does not keep the command from exiting)."""
     import queue
     import threading
 
@@ -323,7 +324,7 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
     stores.bulk = {u for u, n in per_store.items() if u and n >= BULK_MIN}
 
     _in_threads(views, lambda v: store_view(v, url(v), fenced_window, started, stores, from_log=from_log), deadline)
-    _in_threads(sorted(u for u in per_store if u and "$$(" not in u), lambda u: stores.note(u, started), deadline)
+    _in_threads(sorted(u for u in per_store if u and not is_match_time(u)), lambda u: stores.note(u, started), deadline)
     now = clock()
     # A summary behind its log could make a job look stalled or crash-looping: those are read again
     # from the log before they are flagged.

@@ -89,6 +89,14 @@ class StoreConfig(NamedTuple):
 PER_JOB = StoreConfig(False)
 
 
+def _read_config(store: Backend) -> Optional[StoreConfig]:
+    """The store's ``store.json``, or None when it has none."""
+    try:
+        return StoreConfig.from_bytes(store.get(STORE_CONFIG))
+    except ObjectNotFound:
+        return None
+
+
 def store_config(store: Backend, create: Optional[StoreConfig] = None) -> StoreConfig:
     """The store's mode, read once per backend object.  A URL with ``?dedup=store`` creates
     ``store.json`` in an empty store (``create`` gives its window and lease, for tests and
@@ -96,9 +104,8 @@ def store_config(store: Backend, create: Optional[StoreConfig] = None) -> StoreC
     cached = getattr(store, "_persistjob_config", None)
     if cached is not None:
         return cached
-    try:
-        cfg = StoreConfig.from_bytes(store.get(STORE_CONFIG))
-    except ObjectNotFound:
+    cfg = _read_config(store)
+    if cfg is None:
         cfg = PER_JOB
         if store.dedup == "store" or create is not None:
             cfg = _create(store, create or StoreConfig(True))
@@ -112,10 +119,7 @@ def store_config(store: Backend, create: Optional[StoreConfig] = None) -> StoreC
 def peek_config(store: Backend) -> StoreConfig:
     """The store's mode as it is, for a reader that must not change it (``status``): never creates
     ``store.json``, whatever the URL says."""
-    try:
-        return StoreConfig.from_bytes(store.get(STORE_CONFIG))
-    except ObjectNotFound:
-        return PER_JOB
+    return _read_config(store) or PER_JOB
 
 
 def _create(store: Backend, cfg: StoreConfig) -> StoreConfig:

@@ -365,7 +365,7 @@ class GfalBackend(Backend):
                 offset += len(data)
                 if len(data) < _READ:
                     break
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+            return b"".join(parts)  # one part: that part itself, not a copy
         finally:
             f.close()
 
