@@ -56,6 +56,15 @@ def make_state(root: str, mb: int, seed: int = 7) -> None:
             f.write(out[: half // n])
 
 
+def state_and_tar(work: str, mb: int) -> "tuple[str, str]":
+    """The state directory and an uncompressed tar of it (what the raw transfers send)."""
+    state, tar_path = os.path.join(work, "state"), os.path.join(work, "state.tar")
+    make_state(state, mb)
+    with tarfile.open(tar_path, "w") as tf:
+        tf.add(state, arcname="state")
+    return state, tar_path
+
+
 def change_one_percent(root: str, mb: int) -> None:
     path = os.path.join(root, "random03.bin")
     with open(path, "r+b") as f:
@@ -78,31 +87,35 @@ def bench_root(work: str, state: str, tar_path: str, repeat: int) -> None:
     server = XRootD(xdir).start()
     data = os.path.join(xdir, "data")
     try:
-        up = {"xrdcp": [], "xrdcp --cksum": [], "ours": [], "ours ?checksum=0": []}
+        made = {}
+
+        def xrdcp(r: int, name: str, *opts: str) -> float:
+            t = time.perf_counter()
+            subprocess.run(["xrdcp", "-s", "-f", *opts, tar_path, "%s/raw/%s%d.tar" % (server.root_url, name, r)],
+                           check=True)
+            return time.perf_counter() - t
+
+        def ours(r: int, name: str, query: str = "") -> float:
+            backend = get_backend("%s/%s%d%s" % (server.root_url, name, r, query))
+            seconds, repo, gen, _ = full_commit(backend, "bench#%s%d" % (name, r), state)
+            made[name] = (backend, repo, gen)
+            return seconds
+
+        steps = {
+            "xrdcp": lambda r: xrdcp(r, "xrdcp"),
+            # --cksum: the same guarantee as ours, the server's adler32 compared with the source's
+            "xrdcp --cksum": lambda r: xrdcp(r, "cksum", "--cksum", "adler32"),
+            "ours": lambda r: ours(r, "ours"),
+            # ?checksum=0: the same guarantee as plain xrdcp (our own content hashes remain)
+            "ours ?checksum=0": lambda r: ours(r, "nock", "?checksum=0"),
+        }
+        up = {how: [] for how in steps}
         raw_down, ours_down = [], []
         for r in range(repeat):
             for name in os.listdir(data):
                 shutil.rmtree(os.path.join(data, name), ignore_errors=True)
-            made = {}
-
-            def upload(how: str) -> None:
-                t = time.perf_counter()
-                if how.startswith("xrdcp"):
-                    # --cksum: the same guarantee as ours, the server's adler32 compared with the source's
-                    subprocess.run(["xrdcp", "-s", "-f"] + (["--cksum", "adler32"] if "cksum" in how else [])
-                                   + [tar_path, "%s/raw/%s%d.tar" % (server.root_url, how[-5:].strip(" -"), r)],
-                                   check=True)
-                    up[how].append(time.perf_counter() - t)
-                    return
-                # ?checksum=0: the same guarantee as plain xrdcp (our own content hashes remain)
-                backend = get_backend("%s/%s%d%s" % (server.root_url, "nock" if "=0" in how else "ours", r,
-                                                     "?checksum=0" if "=0" in how else ""))
-                seconds, repo, gen, _ = full_commit(backend, "bench#%s%d" % ("nock" if "=0" in how else "root", r), state)
-                up[how].append(seconds)
-                made[how] = (backend, repo, gen)
-
-            for how in (list(up) if r % 2 == 0 else list(up)[::-1]):  # alternating order
-                upload(how)
+            for how in (list(steps) if r % 2 == 0 else list(steps)[::-1]):  # alternating order
+                up[how].append(steps[how](r))
             dl = os.path.join(scratch, "dl-root.tar")
             t = time.perf_counter()
             subprocess.run(["xrdcp", "-s", "-f", "%s/raw/xrdcp%d.tar" % (server.root_url, r), dl], check=True)
@@ -166,11 +179,7 @@ def main() -> int:
     if a.root_only:
         work = tempfile.mkdtemp(prefix="pj-bench-")
         try:
-            state, tar_path = os.path.join(work, "state"), os.path.join(work, "state.tar")
-            make_state(state, a.mb)
-            with tarfile.open(tar_path, "w") as tf:
-                tf.add(state, arcname="state")
-            bench_root(work, state, tar_path, a.repeat)
+            bench_root(work, *state_and_tar(work, a.mb), a.repeat)
             return 0
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -180,11 +189,7 @@ def main() -> int:
     try:
         client = server.client()
         bucket = server.make_bucket("bench")
-        state = os.path.join(work, "state")
-        make_state(state, a.mb)
-        tar_path = os.path.join(work, "state.tar")
-        with tarfile.open(tar_path, "w") as tf:
-            tf.add(state, arcname="state")
+        state, tar_path = state_and_tar(work, a.mb)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(state) for f in fs)
         print("state: %d MB in %d files (half random, half text); tar %d MB; SeaweedFS 4.48 on 127.0.0.1"
               % (size >> 20, sum(len(fs) for _, _, fs in os.walk(state)), os.path.getsize(tar_path) >> 20))
