@@ -166,8 +166,9 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     # the machine ad's value, known only where the job runs (options.is_match_time, a layer above storage)
     per_machine = "$$(" in store
     if not per_machine and scheme not in C.STORE_SCHEMES:  # before any credential is looked for
-        raise InvalidURL("store URL %r: expected one of %s" % (store.split("?", 1)[0], ", ".join(
-            s + "://" for s in C.STORE_SCHEMES)))
+        # the URL itself is not echoed: its user part or query could hold a secret
+        raise InvalidURL("store URL %s: expected one of %s" % ("scheme %r" % scheme if scheme else "without a scheme",
+                                                               ", ".join(s + "://" for s in C.STORE_SCHEMES)))
     if none or per_machine or scheme == "file":
         return Shipment()
     files: List[str] = []

@@ -506,6 +506,9 @@ def test_a_store_url_no_backend_reads_is_refused_before_credentials_are_looked_f
     for bad in ("bad", "ftp://host/x", "S3://bucket/p", "/srv/state"):
         with pytest.raises(InvalidURL, match="expected one of file://, s3://, root://"):
             shipment(bad, none=True)  # even when the site provides the credentials
+    with pytest.raises(InvalidURL) as err:
+        shipment("ftp://user:hunter2@host/x?token=t0ps3cret", none=True)
+    assert "scheme 'ftp'" in str(err.value) and "hunter2" not in str(err.value) and "t0ps3cret" not in str(err.value)
     assert shipment("root://se//store?checksum_slots=1", none=True).files == ()
     assert shipment("$$(PersistStoreURL)/jobs").files == ()  # a machine-ad macro: the worker's value
 
