@@ -82,8 +82,7 @@ def make_store(request, tmp_path, kind: str) -> Store:
             request.getfixturevalue("monkeypatch").setenv(k, v)
         return Store(kind, base + "/" + prefix, env, server)
     server = request.getfixturevalue("seaweed")
-    bucket = server.make_bucket()
-    return Store("s3", "s3://%s/jobs" % bucket, server.env(), server)
+    return Store("s3", "s3://%s/jobs" % request.getfixturevalue("weed_bucket"), server.env(), server)
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -106,9 +105,17 @@ def xrootd():
 
 
 @pytest.fixture
-def s3store(seaweed) -> Store:
-    bucket = seaweed.make_bucket()
-    return Store("s3", "s3://%s/jobs" % bucket, seaweed.env(), seaweed)
+def weed_bucket(seaweed):
+    """A bucket of its own on the session's SeaweedFS, dropped after the test (its volume slots freed)."""
+    name = seaweed.make_bucket()
+    yield name
+    if seaweed.proc is not None:
+        seaweed.drop_bucket(name)
+
+
+@pytest.fixture
+def s3store(seaweed, weed_bucket) -> Store:
+    return Store("s3", "s3://%s/jobs" % weed_bucket, seaweed.env(), seaweed)
 
 
 @pytest.fixture
@@ -123,14 +130,21 @@ def job_id() -> str:
     return "test#%s" % uuid.uuid4().hex[:10]
 
 
-def wait_for(cond, timeout: float, what: str, step: float = 0.1):  # type: ignore[no-untyped-def]
+def wait_for(cond, timeout: float, what: str, step: float = 0.1,  # type: ignore[no-untyped-def]
+             proc: Optional[subprocess.Popen] = None):
+    """Poll ``cond`` until it is true.  With ``proc`` (a process of ours in its own session, stderr a
+    pipe), a timeout stops it and shows the end of what it wrote: why it did not get there."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = cond()
         if v:
             return v
         time.sleep(step)
-    raise AssertionError("timed out after %.0fs waiting for %s" % (timeout, what))
+    said = ""
+    if proc is not None:
+        stop_group(proc)
+        said = "; it wrote:\n" + (proc.stderr.read() if proc.stderr else "")[-3000:]
+    raise AssertionError("timed out after %.0fs waiting for %s%s" % (timeout, what, said))
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -73,6 +73,14 @@ class SeaweedFS:
     """``weed mini`` on free ports of 127.0.0.1 with one S3 identity; with ``tls`` (``make_test_ca``'s
     paths) its S3 port speaks https."""
 
+    #: Volume slots, set rather than left to ``weed``, which derives them from the free disk: with 71 GB
+    #: free here the 71st bucket's writes failed with "no free volumes left" (every bucket is a
+    #: collection with volumes of its own), and in a CI run on a machine with less free disk an s3 test
+    #: late in the run could not commit in 60 s (the wrapper retried the 500s, as it should).  With 300
+    #: slots 200 buckets took writes here.  Tests also drop their buckets (``drop_bucket``), which frees
+    #: their slots.
+    VOLUME_SLOTS = 300
+
     def __init__(self, root: str, access_key: str = "pjtestkey", secret_key: str = "pjtestsecret",
                  tls: Optional[Dict[str, str]] = None) -> None:
         self.root = root
@@ -113,7 +121,7 @@ class SeaweedFS:
                 self.ports[name + ".grpc"] = ports[2 * i + 1]
         cmd = [binary, "mini", "-dir=" + os.path.join(self.root, "data"), "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                "-s3.config=" + cfg, "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-master.telemetry=false"]
+               "-master.telemetry=false", "-volume.max=%d" % self.VOLUME_SLOTS]
         cmd += ["-%s.port%s=%d" % (name.split(".")[0], ".grpc" if name.endswith(".grpc") else "", port)
                 for name, port in sorted(self.ports.items())]
         if self.tls:
@@ -162,6 +170,11 @@ class SeaweedFS:
         name = name or "pj-" + uuid.uuid4().hex[:12]
         self.client().create_bucket(Bucket=name)
         return name
+
+    def drop_bucket(self, name: str) -> None:
+        """Delete a test's bucket and what is in it (SeaweedFS deletes a bucket that is not empty; its
+        collection's volume slots are free again)."""
+        self.client().delete_bucket(Bucket=name)
 
     def stop(self) -> None:
         """Stop the server we started, by PID (its whole session)."""

@@ -45,8 +45,8 @@ def ce(seaweed):
 
 
 @pytest.fixture
-def bucket_store(seaweed):
-    return Store("s3", "s3://%s/arc" % seaweed.make_bucket(), seaweed.env(), seaweed)
+def bucket_store(seaweed, weed_bucket):
+    return Store("s3", "s3://%s/arc" % weed_bucket, seaweed.env(), seaweed)
 
 
 def outdir():

@@ -74,9 +74,8 @@ def pool(seaweed):
 
 
 @pytest.fixture
-def bucket_store(seaweed):
-    bucket = seaweed.make_bucket()
-    return Store("s3", "s3://%s/jobs" % bucket, seaweed.env(), seaweed)
+def bucket_store(seaweed, weed_bucket):
+    return Store("s3", "s3://%s/jobs" % weed_bucket, seaweed.env(), seaweed)
 
 
 def outdir():

@@ -87,8 +87,8 @@ def cluster(seaweed):
 
 
 @pytest.fixture
-def store(seaweed):
-    return "s3://%s/jobs" % seaweed.make_bucket()
+def store(weed_bucket):
+    return "s3://%s/jobs" % weed_bucket
 
 
 def log_of(seaweed, store, gid):
