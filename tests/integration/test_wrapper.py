@@ -164,7 +164,7 @@ def test_sigterm_takes_final_checkpoint(store, tmp_path):
                     "--lifetime", "1h", "--vacate-grace", "20s", "--", PY, COUNTER, "--step", "0.05")
     try:
         wait_for(lambda: (ck / "counter.json").exists() and json.loads((ck / "counter.json").read_text())["count"] > 20,
-                 30, "progress")
+                 30, "progress", proc=p)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         rc = p.wait(timeout=30)
@@ -409,7 +409,7 @@ def test_runs_killed_from_outside_are_lost_runs_not_crashes(store, tmp_path):
     p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck1"),
                     "--interval", "1s", "--", PY, COUNTER, "--quiet")
     try:
-        wait_for(lambda: JobLog(store.backend(), jid).head().generation >= 1, 60, "a commit")
+        wait_for(lambda: JobLog(store.backend(), jid).head().generation >= 1, 60, "a commit", proc=p)
         kids = [int(x) for x in open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()]
         os.kill(kids[0], signal.SIGKILL)
         _, err = p.communicate(timeout=60)
@@ -422,7 +422,7 @@ def test_runs_killed_from_outside_are_lost_runs_not_crashes(store, tmp_path):
     p = store.popen("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck2"),
                     "--interval", "1s", "--", PY, COUNTER, "--quiet")
     try:
-        wait_for(lambda: JobLog(store.backend(), jid).head().kind == "commit", 60, "a commit of the second run")
+        wait_for(lambda: JobLog(store.backend(), jid).head().kind == "commit", 60, "a commit of the second run", proc=p)
     finally:
         stop_group(p)
     r = store.cli("run", "--job-id", jid, "--store", store.url, "--checkpoint-dir", str(tmp_path / "ck3"),
