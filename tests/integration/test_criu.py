@@ -106,14 +106,18 @@ def test_mode_criu_carries_a_memory_only_counter_across_local_runs(criu, tmp_pat
     payload.write_text(COUNTER_IN_MEMORY)
     store = Store("file", "file://%s" % (tmp_path / "store"), {})
     name = "criu-" + os.urandom(4).hex()
-    r = store.cli("local", "--max-runs", "10", "--name", name, "--store", store.url, "--mode", "criu",
-                  "--lifetime", "3s", "--interval", "1s", "--", sys.executable, str(payload), "100", "200", "0",
-                  env={"PERSISTJOB_CRIU": criu}, timeout=600)
+    # 200 counts take at least 10 s of the payload's own time (it sleeps 50 ms a count) and a run gives
+    # it at most its 3 s lifetime (and the moment it takes to freeze it), so at least three runs however
+    # fast or slow the machine: a restored tree is dumped and restored again.  (100 counts, at least
+    # 5 s, once fitted in two runs.)
+    r = store.cli("local", "--max-runs", "30", "--name", name, "--store", store.url, "--mode", "criu",
+                  "--lifetime", "3s", "--interval", "1s", "--", sys.executable, str(payload), "200", "200", "0",
+                  env={"PERSISTJOB_CRIU": criu}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted(JobLog(store.backend(), "local#" + name).runs(), key=lambda x: x["run"])
     assert len(runs) >= 3 and runs[-1]["exit_code"] == 0, runs
     assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:]))
-    assert _counts("local#" + name) == list(range(1, 101)), "restarted instead of restored"
+    assert _counts("local#" + name) == list(range(1, 201)), "restarted instead of restored"
 
 
 def test_mode_criu_passes_the_payloads_own_exit_status(criu, tmp_path):
