@@ -76,13 +76,28 @@ class Backend:
         return "<%s %s>" % (type(self).__name__, self.url)
 
 
+def shown(url: object) -> str:
+    """A store URL as an error message shows it: without its query (tokens ride there) and with any
+    user part (``user:password@``) masked, quoted."""
+    if not isinstance(url, str):
+        return "(not a string)"
+    head = url.split("?", 1)[0]
+    scheme, sep, rest = head.partition("://")
+    if not sep:
+        scheme, rest = "", head
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return "'%s%s%s%s%s'" % (scheme, sep, authority, slash, path)
+
+
 def split_url(url: str) -> tuple:
     """``scheme://rest`` -> (scheme, rest); raise InvalidURL otherwise."""
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidURL("malformed store URL %r: expected scheme://..." % (url,))
+        raise InvalidURL("malformed store URL %s: expected scheme://..." % shown(url))
     scheme, rest = url.split("://", 1)
     if not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
-        raise InvalidURL("malformed store URL %r: bad scheme" % (url,))
+        raise InvalidURL("malformed store URL %s: bad scheme" % shown(url))
     return scheme, rest
 
 

@@ -86,6 +86,21 @@ def test_bad_urls(url, msg):
         get_backend(url)
 
 
+@pytest.mark.parametrize("url,msg", [("AKIAXX:s3cr3tpw@host/p?token=t0k3n", "expected scheme://"),
+                                     ("S3://AKIAXX:s3cr3tpw@b/p?token=t0k3n", "bad scheme"),
+                                     ("s3://AKIAXX:s3cr3tpw@bucket/p?token=t0k3n", "bad bucket name"),
+                                     ("s3://bucket/../p?token=t0k3n", "bad prefix"),
+                                     ("file://u:s3cr3tpw@host/p?token=t0k3n", "use file:///absolute/path"),
+                                     ("root://u:s3cr3tpw@/p?token=t0k3n", "no host")])
+def test_a_malformed_url_is_shown_without_its_secrets(url, msg):
+    """The user part and the query of a URL may hold secrets: a malformed URL's error shows neither."""
+    with pytest.raises(E.InvalidURL, match=msg) as err:
+        get_backend(url)
+    text = str(err.value)
+    assert "s3cr3tpw" not in text and "t0k3n" not in text and "AKIAXX" not in text, text
+    assert "'" in text, "the URL is still named (masked), so that the user knows which"
+
+
 def test_s3_url_params_and_no_secret_in_repr():
     b = get_backend("s3://bucket/some/prefix?endpoint=http://127.0.0.1:1&region=eu-west-1&addressing=path")
     assert b.bucket == "bucket" and b.prefix == "some/prefix/"
