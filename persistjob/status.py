@@ -28,6 +28,7 @@ class JobView:
         self.store_answered = False
         self.from_summary = False  # read from the job's summary, not confirmed from its log
         self.flags: List[str] = list(flags or [])
+        self.store_note: Optional["StoreNote"] = None  # what its store says of itself, if it answered
 
     def as_json(self) -> Dict[str, Any]:
         d = {k: v for k, v in self.ad.items() if v is not None}
@@ -37,6 +38,10 @@ class JobView:
                  read_from="summary" if self.from_summary else ("log" if self.store_answered else None))
         if self.store_error:
             d["store_error"] = self.store_error
+        if self.store_note is not None:
+            d["store_shared_chunks"] = self.store_note.shared
+            if self.store_note.shared:
+                d["store_gc_since"] = self.store_note.gc_since  # null: no gc pass running
         return d
 
 
@@ -337,6 +342,7 @@ def collect_status(scheduler: Scheduler, constraint: Optional[str], store_overri
         if not v.store_answered and not v.store_error:
             v.store_error = STORE_TIMEOUT
         v.flags = flag_job(v, now, idle_long=idle_long, default_interval=default_interval)
+        v.store_note = stores.notes.get(url(v) or "")
     return views, now
 
 

@@ -548,6 +548,9 @@ def test_status_says_which_stores_share_chunks_and_when_a_gc_pass_runs_without_w
     views, now, stores = status()
     assert stores.notes[url] == S.StoreNote(url, True, None)
     assert stores.notes[empty] == S.StoreNote(empty, False, None)
+    as_json = {v["ClusterId"]: v for v in (view.as_json() for view in views)}  # what --json prints, per job
+    assert (as_json[1]["store_shared_chunks"], as_json[1]["store_gc_since"]) == (True, None)
+    assert as_json[2]["store_shared_chunks"] is False and "store_gc_since" not in as_json[2]
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("store.json"))  # read only
     assert stores.notes[url].line().endswith("chunks kept once for all its jobs (dedup=store); no gc pass running")
 
@@ -557,6 +560,7 @@ def test_status_says_which_stores_share_chunks_and_when_a_gc_pass_runs_without_w
         note = stores.notes[url]
         assert note.shared and note.gc_since is not None and abs(note.gc_since - now) < 60
         assert "a gc pass is running (lease taken " in note.line()
+        assert [v.as_json()["store_gc_since"] for v in views if v.ad["ClusterId"] == 1] == [note.gc_since]
         fams = {f.name: f for f in text_string_to_metric_families(
             S.prometheus_text(views, now, stores.totals(), stores.notes.values()))}
     assert {s.labels["store"]: s.value for s in fams["persistjob_store_shared_chunks"].samples} == {url: 1, empty: 0}
