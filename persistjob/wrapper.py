@@ -141,8 +141,10 @@ class Wrapper:
 
     # ------------------------------------------------------------ main
     def run(self) -> int:
+        code: Optional[int] = None
         try:
-            return self._run()
+            code = self._run()
+            return code
         except PersistJobError as exc:
             # The one-line reason reaches the job ad, so a hold (78) names it.
             self.telemetry({C.ATTR_LAST_ERROR: exc.message})
@@ -151,7 +153,9 @@ class Wrapper:
             if self.payload is not None:
                 self.payload.kill_everything()
             if getattr(self, "mode", None) is not None:
-                self.mode.release()
+                # after a failure or a hold the files stay for the operator (the payload's output among
+                # them), until the job's next run on this node
+                self.mode.release(tidy=code in (X.EXIT_DONE, X.EXIT_CHECKPOINTED, X.EXIT_TEMPFAIL))
             if self.ws is not None:
                 self.ws.close()
             self.signals.restore()

@@ -81,8 +81,10 @@ class Mode:
     def after_claim(self) -> None:
         """Called once this run owns the job in the store, before its restore (TryLater: not now)."""
 
-    def release(self) -> None:
-        """The run is over (called last, whatever happened)."""
+    def release(self, tidy: bool = False) -> None:
+        """The run is over (called last, whatever happened).  ``tidy``: it ended as planned (0, 85) or
+        gave way (75: fenced, the store unreachable), with nothing left here worth a look; after a failed
+        payload, a hold or an error of ours it is not tidy."""
 
     def accept_restore(self, generation: int) -> None:
         """Called with a restored generation's files in place: an IntegrityError passes it over for the
@@ -189,6 +191,7 @@ class CriuMode(Mode):
         self.images = os.path.join(ckdir, self.IMAGES)
         self.restored = False  # a tree restored (stopped) by accept_restore, until start() lets it go on
         self._lock: Optional[IO[str]] = None  # held for the run: this job's directory on this node
+        self._held = False
 
     @staticmethod
     def checkpoint_dir(given: str, job_id: str) -> str:
@@ -237,9 +240,10 @@ class CriuMode(Mode):
         assert self._lock is not None
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except OSError:
             return False
+        self._held = True
+        return True
 
     def _write_lock(self, payload: int = 0) -> None:
         if self._lock is None:
@@ -249,12 +253,18 @@ class CriuMode(Mode):
         self._lock.write("wrapper=%d payload=%d\n" % (os.getpid(), payload))
         self._lock.flush()
 
-    def release(self) -> None:
+    def release(self, tidy: bool = False) -> None:
+        """The fixed directory is never read again (the job's next run on any node restores it from the
+        store, or starts it anew): a tidy end removes it, a dump of the whole tree, under the lock (a
+        newer instance on this node waits for it before restoring); the lock file and criu's logs stay."""
         if isinstance(self.criu, AgentCriu):
             self.criu.stop()
         if self._lock is not None:
+            if tidy and self._held:
+                shutil.rmtree(self.ckdir, ignore_errors=True)
             self._lock.close()  # the lock goes with the descriptor
             self._lock = None
+            self._held = False
 
     def accept_restore(self, generation: int) -> None:
         # the tree is restored here, stopped as it was dumped, so that images criu cannot restore pass the

@@ -94,8 +94,28 @@ while True:
 
 
 def _counts(job_id):
+    """The payload's output on this node, where a run that did not end tidily (its payload failed, an
+    error of ours) leaves the job's directory."""
     out = os.path.join(CriuMode.checkpoint_dir("persistjob-checkpoint", job_id), CriuMode.OUT)
     return [int(line.split()[1]) for line in open(out) if line.startswith("count ")]
+
+
+def _stored_counts(store, job_id):
+    """The payload's output in the job's newest generation, restored from the store: a run that ended
+    tidily (its state committed, 0 or 85) has removed the job's directory on this node."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pj-criu-counts-") as d:
+        r = store.cli("checkpoint", "restore", "--store", store.url, "--job-id", job_id, "--dest", os.path.join(d, "w"))
+        assert r.returncode == 0, r.stderr
+        with open(os.path.join(d, "w", CriuMode.OUT)) as f:
+            return [int(line.split()[1]) for line in f if line.startswith("count ")]
+
+
+def _tidied(job_id):
+    """The job's directory on this node is gone, its lock file (and criu's logs) kept."""
+    ckdir = CriuMode.checkpoint_dir("", job_id)
+    return not os.path.exists(ckdir) and os.path.exists(os.path.join(os.path.dirname(ckdir), "lock"))
 
 
 def test_mode_criu_carries_a_memory_only_counter_across_local_runs(criu, tmp_path):
@@ -117,7 +137,8 @@ def test_mode_criu_carries_a_memory_only_counter_across_local_runs(criu, tmp_pat
     runs = sorted(JobLog(store.backend(), "local#" + name).runs(), key=lambda x: x["run"])
     assert len(runs) >= 3 and runs[-1]["exit_code"] == 0, runs
     assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:]))
-    assert _counts("local#" + name) == list(range(1, 201)), "restarted instead of restored"
+    assert _stored_counts(store, "local#" + name) == list(range(1, 201)), "restarted instead of restored"
+    assert _tidied("local#" + name), "the payload's own exit 0, committed: its 200 MB directory here is removed"
 
 
 def test_mode_criu_passes_the_payloads_own_exit_status(criu, tmp_path):
@@ -130,7 +151,7 @@ def test_mode_criu_passes_the_payloads_own_exit_status(criu, tmp_path):
     second = subprocess.run(cmd[:-2] + ["60", "10", "7"], env=env, capture_output=True, text=True, timeout=300)
     # the restored payload exits 7 by itself: the wrapper sees its real status (a foreground criu restore says 0)
     assert second.returncode == 1 and "payload exited 7" in second.stderr, second.stderr[-2000:]
-    assert _counts(job)[-1] == 60 and _counts(job) == list(range(1, 61))
+    assert _counts(job)[-1] == 60 and _counts(job) == list(range(1, 61)), "a failed payload's directory stays"
 
 
 def test_mode_criu_without_a_usable_criu_is_a_configuration_error(tmp_path):
@@ -216,7 +237,8 @@ def test_mode_criu_images_that_do_not_restore_fall_back_to_the_previous_generati
     rec = _run_record(store, job, 3)
     assert rec["restored_generation"] == good and [f["generation"] for f in rec["fallbacks"]] == [damaged], rec
     assert "CRIU images do not restore" in rec["fallbacks"][0]["error"], rec
-    assert _counts(job) == list(range(1, len(_counts(job)) + 1)), "restored from the previous generation, no restart"
+    counts = _stored_counts(store, job)
+    assert counts == list(range(1, len(counts) + 1)), "restored from the previous generation, no restart"
 
 
 def test_mode_criu_images_from_a_cpu_this_node_lacks_hold_the_job_without_fallback_or_cold_start(criu, tmp_path):
@@ -238,13 +260,13 @@ def test_mode_criu_cold_start_only_when_asked(criu, tmp_path):
     payload, store, job = _criu_job(tmp_path, "criu-cold-")
     env = {"PERSISTJOB_CRIU": criu}
     assert _run(store, job, payload, env, "--keep", "1").returncode == 85
-    before = _counts(job)
+    before = _stored_counts(store, job)
     _commit_altered(store, job, tmp_path, _truncate_core, keep=1)  # with --keep 1, the only retained generation
     held = _run(store, job, payload, env, "--keep", "1")
     assert held.returncode == 78 and "none of the 1 retained generations restored intact" in held.stderr, held.stderr
     cold = _run(store, job, payload, env, "--keep", "1", "--criu-cold-start")
     assert cold.returncode == 85 and "--criu-cold-start: the payload starts anew" in cold.stderr, cold.stderr[-2000:]
-    after = _counts(job)
+    after = _stored_counts(store, job)
     assert before[-1] > 5 and after[0] == 1 and after == list(range(1, len(after) + 1)), "started anew, not restored"
 
 
@@ -280,8 +302,9 @@ def test_mode_criu_two_instances_on_one_node_only_the_newest_commits(criu, tmp_p
     assert claim.data["pid"] != old.pid
     later = [r for r in recs if r.seq > claim.seq and r.kind == "commit"]
     assert later and all(r.data["pid"] == claim.data["pid"] for r in later), [(r.seq, r.kind, r.data["pid"]) for r in recs]
-    counts = _counts(job)
+    counts = _stored_counts(store, job)
     assert counts == list(range(1, len(counts) + 1)), "the newer instance went on from the last commit, no gap, no rerun"
+    assert _tidied(job), "the newer instance ended with its state committed"
 
 
 @pytest.fixture
