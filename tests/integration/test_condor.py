@@ -278,12 +278,17 @@ def test_status_and_rm_purge(pool, bucket_store):
     held = pool.submit("--store", "s3://no-such-bucket-here/x", "--name", "held", "--", PY_IN, COUNTER_IN, outdir=od)
     stalled = pool.submit("--store", bucket_store.url, "--mode", "signal", "--interval", "2s", "--name", "stalled",
                           "--", "/bin/sh", "-c", "trap '' USR1; while :; do sleep 1; done", outdir=od)
+    shared_url = bucket_store.url.rsplit("/", 1)[0] + "/shared?dedup=store"  # chunks kept once for all its jobs
+    shared = pool.submit("--store", shared_url, "--lifetime", "10m", "--interval", "1s", "--name", "shared",
+                         "--", PY_IN, COUNTER_IN, "--quiet", outdir=od)
     try:
         wait_for(lambda: (pool.ad(good, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 2, 120, "commits")
+        wait_for(lambda: (pool.ad(shared, ["PersistGeneration"]) or {}).get("PersistGeneration", 0) >= 1, 120,
+                 "a commit to the shared store")
         wait_for(lambda: (pool.ad(held, ["JobStatus"]) or {}).get("JobStatus") == 5, 120, "the hold")
         wait_for(lambda: (pool.ad(stalled, ["JobStatus"]) or {}).get("JobStatus") == 2, 120, "stalled job running")
         time.sleep(6)
-        st = pool.run("persistjob", "status", "--constraint", "ClusterId >= %d && ClusterId <= %d" % (good, stalled),
+        st = pool.run("persistjob", "status", "--constraint", "ClusterId >= %d && ClusterId <= %d" % (good, shared),
                       check=False)
         assert st.returncode == 1
         lines = {}
@@ -293,12 +298,22 @@ def test_status_and_rm_purge(pool, bucket_store):
                 lines[ln.split()[0]] = ln
         assert lines["%d.0" % good].rstrip().endswith("ok")
         assert "HELD" in lines["%d.0" % held] and "STALLED" in lines["%d.0" % stalled]
-        assert "held: persistjob exit 78" in lines["%d.0" % held] and len(st.stdout.splitlines()) == 4, st.stdout
+        assert lines["%d.0" % shared].rstrip().endswith("ok"), st.stdout
+        assert "held: persistjob exit 78" in lines["%d.0" % held], st.stdout
+        # a header, one line per job, and one line for the one shared store (a per-job store adds none)
+        assert len(st.stdout.splitlines()) == 6, st.stdout
+        assert st.stdout.splitlines()[-1] == ("store %s: chunks kept once for all its jobs (dedup=store); "
+                                              "no gc pass running" % shared_url), st.stdout
         # the same view for Prometheus' textfile collector, parsed with prometheus_client's own parser
         from prometheus_client.parser import text_string_to_metric_families
 
         prom = pool.run("persistjob", "status", "--format", "prometheus", "--stats", "--constraint",
                         "ClusterId >= %d && ClusterId <= %d" % (good, stalled), check=False)
+        everything = pool.run("persistjob", "status", "--format", "prometheus", "--constraint",
+                              "ClusterId >= %d && ClusterId <= %d" % (good, shared), check=False)
+        shares = {s.labels["store"]: s.value for f in text_string_to_metric_families(everything.stdout)
+                  if f.name == "persistjob_store_shared_chunks" for s in f.samples}
+        assert shares == {bucket_store.url: 0, shared_url: 1}, everything.stdout
         fams = {f.name: f for f in text_string_to_metric_families(prom.stdout)}
         flags = {(s.labels["job"], s.labels["flag"]) for s in fams["persistjob_job_flag"].samples}
         assert ("%d.0" % held, "HELD") in flags and ("%d.0" % stalled, "STALLED") in flags, prom.stdout
@@ -309,6 +324,7 @@ def test_status_and_rm_purge(pool, bucket_store):
         assert one.returncode == 0, one.stdout
         view = json.loads(one.stdout)[0]
         assert view["generation"] >= 2 and view["JobStatus"] == 2 and view["flags"] == []
+        assert view["store_shared_chunks"] is False and "store_gc_since" not in view
         gid = view["GlobalJobId"]
         assert list(bucket_store.backend().list(JobLog(bucket_store.backend(), gid).keys.root))
         rm = pool.run("persistjob", "rm", "--purge", str(good), timeout=300)
@@ -318,7 +334,7 @@ def test_status_and_rm_purge(pool, bucket_store):
         assert left.head().kind == "removed", "only the removal record stays, as a tombstone"
         assert pool.ad(good, ["JobStatus"]) is None
     finally:
-        for cl in (good, held, stalled):
+        for cl in (good, held, stalled, shared):
             pool.rm(cl)
 
 
