@@ -556,11 +556,12 @@ def test_status_answers_while_the_store_is_stopped(pool, bucket_store):
         pool.rm(c)
 
 
-def test_mode_criu_job_keeps_its_memory_across_a_vacate(pool, bucket_store):
+def test_mode_criu_job_keeps_its_memory_across_a_vacate(pool, bucket_store, tmp_path):
     """A payload whose state is only in memory, as an HTCondor job of an ordinary user (no root, no
     capabilities): criu runs in the job's own user namespace (the pool's daemons are pivot_root'ed, not
     chrooted, so the kernel allows one). condor_vacate_job mid-run: the final dump is committed, the next
-    start restores the tree, and the count goes on to the end without a gap; the job then leaves the queue."""
+    start restores the tree, and the count goes on to the end without a gap; the job then leaves the queue,
+    its directory on the node removed (the final generation in the store has the whole count)."""
     import hashlib
 
     root = os.environ.get("PJ_CONDOR_SANDBOX", "/var/cache/persistjob/condor-trixie")
@@ -579,11 +580,15 @@ def test_mode_criu_job_keeps_its_memory_across_a_vacate(pool, bucket_store):
     assert runs[0]["exit_code"] == 85 and runs[0]["reason"] == "evicted (SIGTERM)", runs[0]
     assert runs[-1]["exit_code"] == 0 and len(runs) >= 2, runs
     assert all(x["restored_generation"] == p["generation"] for p, x in zip(runs, runs[1:])), runs
-    work = root + "/tmp/persistjob-criu/%s/work" % hashlib.sha256(gid.encode()).hexdigest()[:16]
-    with open(work + "/.persistjob-payload.out") as f:
+    base = root + "/tmp/persistjob-criu/%s" % hashlib.sha256(gid.encode()).hexdigest()[:16]
+    r = bucket_store.cli("checkpoint", "restore", "--store", bucket_store.url, "--job-id", gid,
+                         "--dest", str(tmp_path / "final"))
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "final" / ".persistjob-payload.out") as f:
         counts = [int(line.split()[1]) for line in f if line.startswith("count ")]
     assert counts == list(range(1, 601)), "restored, not restarted: %s..." % counts[:5]
-    assert os.stat(work).st_uid == pool_uid(root), "the job's own user, not root"
+    assert not os.path.exists(base + "/work") and os.path.exists(base + "/lock"), "the payload's exit 0, committed"
+    assert os.stat(base + "/lock").st_uid == pool_uid(root), "the job's own user, not root"
 
 
 def pool_uid(root):

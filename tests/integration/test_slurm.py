@@ -378,7 +378,7 @@ def test_mode_criu_carries_memory_across_requeues(cluster, seaweed, store, tmp_p
     payload = tmp_path / "count.py"
     payload.write_text(MEMORY_COUNTER)
     jid = cluster.submit(store, tmp_path, "--mode", "criu", "--lifetime", "3s", "--interval", "1s", "--until-done",
-                         "--name", "criu", "--", "python3", str(payload), "150",
+                         "--name", "criu", "--", "python3", str(payload), "200",
                          env={"PERSISTJOB_CRIU": fetch.stdout.split()[-1]})
     try:
         gid = cluster.gid(jid)
@@ -386,10 +386,16 @@ def test_mode_criu_carries_memory_across_requeues(cluster, seaweed, store, tmp_p
     finally:
         cluster.cancel(jid)
     runs = sorted(log_of(seaweed, store, gid).runs(), key=lambda r: r["run"])
+    # 200 counts are at least 10 s of the payload's own time and a run gives it about 3 s: three runs at least
     assert len(runs) >= 3 and runs[-1]["exit_code"] == 0, runs
     assert all(b["restored_generation"] == a["generation"] for a, b in zip(runs, runs[1:]))
     from persistjob.worker.modes import CriuMode
+    from tests.conftest import Store
 
-    out = os.path.join(CriuMode.checkpoint_dir("", gid), CriuMode.OUT)
-    counts = [int(line.split()[1]) for line in open(out) if line.startswith("count ")]
-    assert counts == list(range(1, 151)), "restarted instead of restored"
+    r = Store("s3", store, seaweed.env(), seaweed).cli("checkpoint", "restore", "--store", store, "--job-id", gid,
+                                                       "--dest", str(tmp_path / "final"))
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "final" / CriuMode.OUT) as f:
+        counts = [int(line.split()[1]) for line in f if line.startswith("count ")]
+    assert counts == list(range(1, 201)), "restarted instead of restored"
+    assert not os.path.exists(CriuMode.checkpoint_dir("", gid)), "the job's directory on the node, removed at its end"
