@@ -190,8 +190,7 @@ class CriuMode(Mode):
                                              else Criu(exe, os.path.dirname(ckdir)))
         self.images = os.path.join(ckdir, self.IMAGES)
         self.restored = False  # a tree restored (stopped) by accept_restore, until start() lets it go on
-        self._lock: Optional[IO[str]] = None  # held for the run: this job's directory on this node
-        self._held = False
+        self._lock: Optional[IO[str]] = None  # set only while held (the run): this job's directory on this node
 
     @staticmethod
     def checkpoint_dir(given: str, job_id: str) -> str:
@@ -214,35 +213,41 @@ class CriuMode(Mode):
         claim has superseded it in the store; its tree is ended here before the restore replaces the
         directory under it, and its wrapper, fenced, lets the lock go."""
         base = os.path.dirname(self.ckdir)
-        self._lock = open(os.path.join(base, "lock"), "a+")
-        if self._try_lock():
-            return self._write_lock()
-        self._lock.seek(0)
-        held = dict(part.split("=", 1) for part in self._lock.read().split() if "=" in part)
-        wrapper, tree = int(held.get("wrapper", 0) or 0), int(held.get("payload", 0) or 0)
-        log.warning("criu: an older instance of this job still runs on this node (wrapper pid %d, payload pid %d); "
-                    "this claim superseded it: ending its payload", wrapper, tree)
-        # the wrapper is alive (it holds the lock); its recorded payload pid is only trusted while it descends from it
-        for pid, wait in ((tree if _descends(tree, wrapper) else 0, 30.0), (wrapper, 10.0)):
-            if pid > 1 and pid != os.getpid():
-                try:
-                    os.kill(pid, signal.SIGKILL)  # the tree's init: its whole PID namespace goes with it
-                except OSError:
-                    pass
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                if self._try_lock():
-                    return self._write_lock()
-                time.sleep(0.1)
+        f = open(os.path.join(base, "lock"), "a+")
+        try:
+            if self._take(f):
+                return
+            f.seek(0)
+            held = dict(part.split("=", 1) for part in f.read().split() if "=" in part)
+            wrapper, tree = int(held.get("wrapper", 0) or 0), int(held.get("payload", 0) or 0)
+            log.warning("criu: an older instance of this job still runs on this node (wrapper pid %d, payload pid %d); "
+                        "this claim superseded it: ending its payload", wrapper, tree)
+            # the wrapper is alive (it holds the lock); its recorded payload pid is only trusted while it descends from it
+            for pid, wait in ((tree if _descends(tree, wrapper) else 0, 30.0), (wrapper, 10.0)):
+                if pid > 1 and pid != os.getpid():
+                    try:
+                        os.kill(pid, signal.SIGKILL)  # the tree's init: its whole PID namespace goes with it
+                    except OSError:
+                        pass
+                end = time.monotonic() + wait
+                while time.monotonic() < end:
+                    if self._take(f):
+                        return
+                    time.sleep(0.1)
+        finally:
+            if self._lock is not f:
+                f.close()
         raise TryLater("criu: an older instance of this job on this node (wrapper pid %d) still holds %s" % (wrapper, base))
 
-    def _try_lock(self) -> bool:
-        assert self._lock is not None
+    def _take(self, f: IO[str]) -> bool:
+        """Hold the lock of ``f`` if it is free: from then on ``self._lock`` (which is set only while
+        held) is ``f``, and it names this wrapper."""
         try:
-            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False
-        self._held = True
+        self._lock = f
+        self._write_lock()
         return True
 
     def _write_lock(self, payload: int = 0) -> None:
@@ -260,11 +265,10 @@ class CriuMode(Mode):
         if isinstance(self.criu, AgentCriu):
             self.criu.stop()
         if self._lock is not None:
-            if tidy and self._held:
+            if tidy:
                 shutil.rmtree(self.ckdir, ignore_errors=True)
             self._lock.close()  # the lock goes with the descriptor
             self._lock = None
-            self._held = False
 
     def accept_restore(self, generation: int) -> None:
         # the tree is restored here, stopped as it was dumped, so that images criu cannot restore pass the

@@ -566,3 +566,48 @@ def test_a_probe_that_fails_or_is_cancelled_releases_the_waiters():
             p.abandon()
         waiter.join(5)
         assert answers == [True]  # nothing learnt: compress, as before
+
+
+def test_a_criu_run_that_never_held_the_nodes_lock_leaves_the_directory_to_its_holder(tmp_path, monkeypatch):
+    """The run that holds a job's lock on a node owns its directory there.  A newer run that could not
+    take the lock gives way (75, a tidy end), and must not remove what the holder is using; the holder's
+    own tidy end does remove it, and leaves the lock file."""
+    import fcntl
+
+    from persistjob.errors import TryLater
+    from persistjob.worker import modes
+
+    class Clock:  # the waits for the lock pass at once
+        now = 0.0
+
+        def monotonic(self):
+            return self.now
+
+        def sleep(self, s):
+            self.now += s
+
+    monkeypatch.setattr(modes, "time", Clock())
+    work = tmp_path / "key" / "work"
+    work.mkdir(parents=True)
+    (work / "state").write_text("in use")
+
+    def mode():
+        m = modes.CriuMode.__new__(modes.CriuMode)
+        m.ckdir, m.criu, m._lock = str(work), None, None
+        return m
+
+    holder = mode()
+    holder.after_claim()
+    assert "wrapper=%d" % os.getpid() in (tmp_path / "key" / "lock").read_text()
+    newer = mode()
+    monkeypatch.setattr(modes, "_descends", lambda pid, ancestor: False)
+    monkeypatch.setattr(os, "kill", lambda pid, sig: None)  # the "older wrapper" is this process
+    with pytest.raises(TryLater, match="still holds"):
+        newer.after_claim()
+    newer.release(tidy=True)
+    assert (work / "state").read_text() == "in use"
+    with open(tmp_path / "key" / "lock") as f:  # still held by the holder
+        with pytest.raises(OSError):
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.release(tidy=True)
+    assert not work.exists() and (tmp_path / "key" / "lock").exists()
