@@ -35,6 +35,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 # Store URL schemes: grid storage through gfal2 (root:// data through the XRootD client), then ours.
 GRID_SCHEMES = ("root", "roots", "xroot", "davs", "dav", "https", "http", "srm")
 STORE_SCHEMES = ("file", "s3") + GRID_SCHEMES
+STORE_SCHEMES_SHOWN = ", ".join(s + "://" for s in STORE_SCHEMES)  # as error messages list them
 
 # Compression of stored chunks and manifests (persistjob.codec): zlib is in every Python.
 CODECS = ("zlib", "zstd")

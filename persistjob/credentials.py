@@ -168,7 +168,7 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     if not per_machine and scheme not in C.STORE_SCHEMES:  # before any credential is looked for
         # the URL itself is not echoed: its user part or query could hold a secret
         raise InvalidURL("store URL %s: expected one of %s" % ("scheme %r" % scheme if scheme else "without a scheme",
-                                                               ", ".join(s + "://" for s in C.STORE_SCHEMES)))
+                                                               C.STORE_SCHEMES_SHOWN))
     if none or per_machine or scheme == "file":
         return Shipment()
     files: List[str] = []

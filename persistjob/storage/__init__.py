@@ -74,4 +74,4 @@ def get_backend(url: str) -> Backend:
             backend.fencing_unsafe = "fencing" in params
             backend.dedup = params.get("dedup")
             return backend
-    raise InvalidURL("unsupported store URL scheme %r (supported: file://, s3://, root://, davs://, https://, srm://)" % scheme)
+    raise InvalidURL("unsupported store URL scheme %r (supported: %s)" % (scheme, C.STORE_SCHEMES_SHOWN))
