@@ -212,8 +212,11 @@ def store_view(v: JobView, store_url: Optional[str], fenced_window: float, now: 
     from .repo import JobRepo
 
     gid = v.ad.get("GlobalJobId")
-    if not store_url or not gid or is_match_time(store_url):
-        v.store_error = "no store URL in the job ad" if not store_url or is_match_time(store_url) else "no GlobalJobId"
+    if not store_url or is_match_time(store_url):
+        v.store_error = "no store URL in the job ad"
+        return
+    if not gid:
+        v.store_error = "no GlobalJobId"
         return
     try:
         store = stores.get(store_url)
