@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from . import constants as C
 from .errors import ConfigError, InvalidURL
+from .identity import shown_url
 
 #: Names (or name patterns) of variables that hold secrets.  A name ending in _FILE, _DIR or _PATH
 #: holds a path, which is no secret (AWS_SHARED_CREDENTIALS_FILE, BEARER_TOKEN_FILE).
@@ -124,10 +125,10 @@ def _s3_credentials(store: str, environ: Mapping[str, str]) -> Tuple[str, str, O
     except ImportError:
         raise ConfigError("resolving S3 credentials needs boto3 on the submit side (pip install boto3)") from None
     except Exception as exc:  # an unknown profile, an unreadable config
-        raise ConfigError("cannot resolve S3 credentials for %s: %s" % (store.split("?", 1)[0], type(exc).__name__)) from None
+        raise ConfigError("cannot resolve S3 credentials for %s: %s" % (shown_url(store), type(exc).__name__)) from None
     if creds is None:
         raise ConfigError("no S3 credentials found for %s (environment, ~/.aws/credentials, profile): set them, give "
-                          "--credentials FILE, or --no-credentials when the site provides them" % store.split("?", 1)[0])
+                          "--credentials FILE, or --no-credentials when the site provides them" % shown_url(store))
     frozen = creds.get_frozen_credentials()
     return frozen.access_key, frozen.secret_key, frozen.token or None
 
@@ -195,7 +196,7 @@ def shipment(store: str, credentials: Optional[str] = None, none: bool = False,
     if not files and not commands:
         raise ConfigError("no credentials for %s: no X.509 proxy (X509_USER_PROXY or /tmp/x509up_u%d) and no bearer "
                           "token (BEARER_TOKEN_FILE); make one, give --credentials FILE, or --no-credentials when "
-                          "the site provides them" % (store.split("?", 1)[0], os.getuid()))
+                          "the site provides them" % (shown_url(store), os.getuid()))
     return Shipment(tuple(files), tuple(env), tuple(commands))
 
 

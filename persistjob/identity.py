@@ -40,6 +40,21 @@ def format_utc(t: Optional[float]) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) if t else "-"
 
 
+def shown_url(url: object) -> str:
+    """A store URL as an error message shows it: without its query (tokens ride there) and with any
+    user part (``user:password@``) masked."""
+    if not isinstance(url, str):
+        return "(not a string)"
+    head = url.split("?", 1)[0]
+    scheme, sep, rest = head.partition("://")
+    if not sep:
+        scheme, rest = "", head
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    return scheme + sep + authority + slash + path
+
+
 def format_table(rows: Sequence[Sequence[str]]) -> str:
     """Rows of text as left-aligned columns two spaces apart (the first row is the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

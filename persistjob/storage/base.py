@@ -12,6 +12,7 @@ import re
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 from ..errors import InvalidURL, StorageConfigError
+from ..identity import shown_url
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -76,28 +77,13 @@ class Backend:
         return "<%s %s>" % (type(self).__name__, self.url)
 
 
-def shown(url: object) -> str:
-    """A store URL as an error message shows it: without its query (tokens ride there) and with any
-    user part (``user:password@``) masked, quoted."""
-    if not isinstance(url, str):
-        return "(not a string)"
-    head = url.split("?", 1)[0]
-    scheme, sep, rest = head.partition("://")
-    if not sep:
-        scheme, rest = "", head
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    return "'%s%s%s%s%s'" % (scheme, sep, authority, slash, path)
-
-
 def split_url(url: str) -> tuple:
     """``scheme://rest`` -> (scheme, rest); raise InvalidURL otherwise."""
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidURL("malformed store URL %s: expected scheme://..." % shown(url))
+        raise InvalidURL("malformed store URL '%s': expected scheme://..." % shown_url(url))
     scheme, rest = url.split("://", 1)
     if not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
-        raise InvalidURL("malformed store URL %s: bad scheme" % shown(url))
+        raise InvalidURL("malformed store URL '%s': bad scheme" % shown_url(url))
     return scheme, rest
 
 

@@ -43,7 +43,8 @@ from urllib.parse import urlsplit
 
 from .. import constants as C
 from ..errors import InvalidURL, ObjectExists, ObjectNotFound, StorageConfigError, StorageError, StorageUnavailable
-from .base import Backend, ObjectInfo, check_key, shown, split_url, tls_trust_error
+from ..identity import shown_url
+from .base import Backend, ObjectInfo, check_key, split_url, tls_trust_error
 
 SCHEMES = C.GRID_SCHEMES
 _XROOTD = ("root", "roots", "xroot")
@@ -439,7 +440,7 @@ def from_url(url: str) -> Optional[Backend]:
         return None
     u = urlsplit(url)
     if not u.hostname:
-        raise InvalidURL("malformed store URL %s: no host" % shown(url))
+        raise InvalidURL("malformed store URL '%s': no host" % shown_url(url))
     if u.query:
         q = dict(p.partition("=")[::2] for p in u.query.split("&"))
         unknown = set(q) - {"checksum", "checksum_slots"}

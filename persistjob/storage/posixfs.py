@@ -13,7 +13,8 @@ from typing import Iterator, Optional
 from urllib.parse import parse_qs, unquote
 
 from ..errors import InvalidURL, ObjectExists, ObjectNotFound, StorageConfigError, StorageError, StorageUnavailable
-from .base import Backend, ObjectInfo, check_key, shown, split_url
+from ..identity import shown_url
+from .base import Backend, ObjectInfo, check_key, split_url
 
 
 def _wrap(exc: OSError, what: str) -> StorageError:
@@ -161,7 +162,7 @@ def from_url(url: str) -> Optional[Backend]:
         if path.startswith("localhost/"):
             path = path[len("localhost"):]
         else:
-            raise InvalidURL("malformed store URL %s: use file:///absolute/path" % shown(url))
+            raise InvalidURL("malformed store URL '%s': use file:///absolute/path" % shown_url(url))
     params = parse_qs(query, keep_blank_values=True) if query else {}
     unknown = set(params) - {"fsync"}
     if unknown:

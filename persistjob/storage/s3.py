@@ -24,7 +24,8 @@ from ..errors import (
     StorageError,
     StorageUnavailable,
 )
-from .base import Backend, ObjectInfo, check_key, shown, split_url, tls_trust_error
+from ..identity import shown_url
+from .base import Backend, ObjectInfo, check_key, split_url, tls_trust_error
 
 _PARAMS = {"endpoint", "region", "addressing", "profile", "verify"}
 _TLS_HINT = "set AWS_CA_BUNDLE to a file of the CA certificates to trust, or add ?verify=/path/to/ca.pem to the store URL"
@@ -198,13 +199,13 @@ def from_url(url: str) -> Optional[Backend]:
     import re
 
     if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket or ""):
-        raise InvalidURL("malformed store URL %s: bad bucket name" % shown(url))
+        raise InvalidURL("malformed store URL '%s': bad bucket name" % shown_url(url))
     prefix = prefix.strip("/")
     if prefix:
         try:
             check_key(prefix)
         except ValueError:
-            raise InvalidURL("malformed store URL %s: bad prefix" % shown(url)) from None
+            raise InvalidURL("malformed store URL '%s': bad prefix" % shown_url(url)) from None
         prefix += "/"
     params = parse_qs(query, keep_blank_values=True) if query else {}
     secrets = set(k.lower() for k in params) & _SECRET_PARAMS

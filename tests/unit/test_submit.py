@@ -513,6 +513,18 @@ def test_a_store_url_no_backend_reads_is_refused_before_credentials_are_looked_f
     assert shipment("$$(PersistStoreURL)/jobs").files == ()  # a machine-ad macro: the worker's value
 
 
+def test_no_credentials_for_a_store_names_it_without_its_secrets(monkeypatch, tmp_path):
+    from persistjob.credentials import shipment
+
+    monkeypatch.delenv("BEARER_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("X509_USER_PROXY", str(tmp_path / "none"))
+    with pytest.raises(ConfigError) as err:
+        shipment("root://user:hunter2@se.example//store?authz=t0ps3cret", environ=dict(os.environ))
+    text = str(err.value)
+    assert text.startswith("no credentials for root://***@se.example//store: no X.509 proxy"), text
+    assert "hunter2" not in text and "t0ps3cret" not in text
+
+
 def test_status_says_which_stores_share_chunks_and_when_a_gc_pass_runs_without_writing(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
